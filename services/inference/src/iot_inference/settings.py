@@ -1,0 +1,26 @@
+"""Inference settings: `IOT_*` environment variables, overridden by `iot-inference --flags`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iot_shared.settings import ServiceSettings
+from pydantic import Field
+
+
+class InferenceSettings(ServiceSettings):
+    metrics_port: int = Field(
+        8002, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
+    )
+    group_id: str = Field("inference", min_length=1, description="Kafka consumer group")
+    weights: Path | None = Field(
+        None,
+        description="ResNet-20 weights file; unset = download the pinned release once "
+        "(SHA-256 verified) into the torch cache",
+    )
+    max_batch: int = Field(64, ge=1, le=4096, description="Most images in one forward pass")
+    max_wait_ms: int = Field(50, ge=1, description="Longest wait for a batch to fill before running it")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
+    delivery_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long to wait for a batch's predictions to be acknowledged"
+    )

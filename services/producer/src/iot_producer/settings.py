@@ -1,0 +1,50 @@
+"""Producer settings: `IOT_*` environment variables, overridden by `iot-producer --flags`."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from iot_shared.settings import ServiceSettings
+from pydantic import Field
+
+from iot_producer.cifar import Split
+
+
+class ProducerSettings(ServiceSettings):
+    metrics_port: int = Field(
+        8001, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="Local CIFAR-10 binary copy (folder of cifar-10-batches-bin); "
+        "unset = download the official archive once into cache-dir",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "iot-pipeline" / "cifar10",
+        description="Where the downloaded CIFAR-10 archive is kept",
+    )
+    split: Split = Field("test", description="Which CIFAR-10 split to send")
+    count: int = Field(6, ge=0, description="How many images to send (0 = the whole split)")
+    interval_seconds: float = Field(10.0, ge=0, description="Seconds between two images")
+    rate: float | None = Field(
+        None, ge=0, description="Images per second, overrides interval-seconds (0 = full speed)"
+    )
+    order: Literal["sequential", "random"] = Field("sequential", description="Which images")
+    start: int = Field(0, ge=0, description="First index for sequential order")
+    seed: int = Field(0, description="Seed for random order")
+    source_id: str = Field(
+        default_factory=lambda: f"producer@{socket.gethostname()}",
+        min_length=1,
+        description="Written into each message's Source field",
+    )
+    flush_timeout_seconds: float = Field(
+        60.0, gt=0, description="How long to wait at exit for unacknowledged images"
+    )
+
+    @property
+    def seconds_between_images(self) -> float:
+        if self.rate is None:
+            return self.interval_seconds
+        return 0.0 if self.rate == 0 else 1.0 / self.rate

@@ -1,0 +1,76 @@
+"""What the messages say about each image, and how that merges into its CouchDB document.
+
+Merging is idempotent and order-free: image and prediction may come in either order, in
+separate batches, or more than once, and the document ends up with every field exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from iot_shared.schema import ImageMessage, PredictionMessage
+
+ATTACHMENT = "image.png"
+Document = dict[str, Any]
+
+
+@dataclass
+class Update:
+    """Fields for one document gathered from one batch of messages."""
+
+    id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    png: bytes | None = None
+
+    def add(self, message: ImageMessage | PredictionMessage) -> None:
+        if isinstance(message, ImageMessage):
+            self.fields.update(
+                GroundTruth=message.ground_truth,
+                ProducedAt=message.produced_at,
+                Source=message.source,
+            )
+            self.png = message.png
+        else:
+            self.fields.update(
+                InferredValue=message.inferred_value,
+                Confidence=message.confidence,
+                Model=message.model,
+                InferredAt=message.inferred_at,
+            )
+
+
+def group_by_id(messages: Iterable[ImageMessage | PredictionMessage]) -> dict[str, Update]:
+    updates: dict[str, Update] = {}
+    for message in messages:
+        updates.setdefault(message.id, Update(message.id)).add(message)
+    return updates
+
+
+def is_complete(doc: Document) -> bool:
+    return "GroundTruth" in doc and "InferredValue" in doc and ATTACHMENT in doc.get("_attachments", {})
+
+
+def merge(existing: Document | None, update: Update, stored_at: float) -> Document | None:
+    """The new revision of the document, or None when the update adds nothing (a replay)."""
+    doc: Document = dict(existing) if existing else {"_id": update.id}
+    changed = existing is None
+    for name, value in update.fields.items():
+        if doc.get(name) != value:
+            doc[name] = value
+            changed = True
+    attachments = dict(doc.get("_attachments", {}))
+    if update.png is not None and ATTACHMENT not in attachments:
+        attachments[ATTACHMENT] = {
+            "content_type": "image/png",
+            "data": base64.b64encode(update.png).decode("ascii"),
+        }
+        changed = True
+    if not changed:
+        return None
+    if attachments:
+        doc["_attachments"] = attachments  # existing ones stay as stubs: CouchDB keeps their data
+    doc["StoredAt"] = stored_at
+    return doc

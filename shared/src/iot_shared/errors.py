@@ -1,0 +1,48 @@
+"""One base error type for the pipeline, and the few errors callers tell apart."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# Why a message went to the dead-letter topic; a small fixed set, so it can be a metric label.
+DlqReason = Literal[
+    "not_json",
+    "missing_field",
+    "invalid_field",
+    "bad_base64",
+    "bad_image",
+    "unknown_class",
+]
+DLQ_REASONS: tuple[DlqReason, ...] = (
+    "not_json",
+    "missing_field",
+    "invalid_field",
+    "bad_base64",
+    "bad_image",
+    "unknown_class",
+)
+
+
+class PipelineError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """Settings are missing or invalid; the message names the variable to fix."""
+
+
+class InvalidMessageError(PipelineError):
+    """A message that breaks the contract; it goes to the dead-letter topic, never crashes a service."""
+
+    def __init__(self, reason: DlqReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: DlqReason = reason
+        self.detail = detail
+
+
+class DataError(PipelineError):
+    """Input data (CIFAR-10 files, model weights) is missing or does not match its checksum."""
+
+
+class DeliveryError(PipelineError):
+    """Kafka did not acknowledge messages in time; nothing was committed for them."""

@@ -1,0 +1,100 @@
+"""Metrics shared by every service, and the one HTTP port serving /metrics, /healthz and /readyz.
+
+Names follow Prometheus practice: prefix `iot_`, base units, counters end in `_total`.
+Service-specific metrics live in each service's own `metrics.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import REGISTRY, Counter, Gauge, Info, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+log = logging.getLogger(__name__)
+
+BUILD_INFO = Info("iot_build", "Version of the running service and the model it serves")
+CONSUMER_LAG = Gauge(
+    "iot_consumer_lag_messages",
+    "Messages between a partition's high watermark and the group's position",
+    ["service", "topic", "partition"],
+)
+DELIVERED = Counter(
+    "iot_kafka_delivered_messages",
+    "Messages the broker acknowledged (acks=all)",
+    ["service", "topic"],
+)
+DELIVERY_FAILURES = Counter(
+    "iot_kafka_delivery_failures",
+    "Messages the broker did not acknowledge in time",
+    ["service", "topic"],
+)
+CONSUMED = Counter("iot_kafka_consumed_messages", "Records consumed, valid or not", ["service", "topic"])
+DEAD_LETTERS = Counter("iot_dlq_messages", "Messages sent to the dead-letter topic", ["service", "reason"])
+REBALANCES = Counter("iot_consumer_rebalances", "Partition assignments and revocations", ["service", "event"])
+
+# Latency buckets from 0.25 ms to 30 s: per-image inference is sub-millisecond, end to end is seconds.
+LATENCY_BUCKETS = (
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+Readiness = Callable[[], tuple[bool, str]]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def health_app(ready: Readiness) -> WsgiApp:
+    metrics_app = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            return _text(start_response, "200 OK", "ok\n")
+        if path == "/readyz":
+            ok, detail = ready()
+            return _text(start_response, "200 OK" if ok else "503 Service Unavailable", detail + "\n")
+        if path == "/metrics":
+            body: Iterable[bytes] = metrics_app(environ, start_response)
+            return body
+        return _text(start_response, "404 Not Found", "try /metrics, /healthz or /readyz\n")
+
+    return app
+
+
+def serve_http(port: int, ready: Readiness, host: str = "0.0.0.0") -> WSGIServer | None:  # noqa: S104
+    """Serve /metrics, /healthz, /readyz on `port` from a daemon thread; port 0 turns it off."""
+    if port == 0:
+        return None
+    server = make_server(
+        host, port, health_app(ready), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
+    return server
+
+
+def record_consumer_stats(service: str, stats_json: str) -> None:
+    """librdkafka `stats_cb`: export each assigned partition's consumer lag."""
+    stats = json.loads(stats_json)
+    for topic, tstats in stats.get("topics", {}).items():
+        for partition, pstats in tstats.get("partitions", {}).items():
+            lag = pstats.get("consumer_lag", -1)
+            # -1 = unknown (not assigned here, or no position yet); the internal partition is -1 too.
+            if partition == "-1" or lag < 0:
+                continue
+            CONSUMER_LAG.labels(service, topic, partition).set(lag)
+
+
+def _text(start_response: Callable[..., Any], status: str, body: str) -> Iterable[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [body.encode()]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would drown the service log."""

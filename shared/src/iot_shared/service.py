@@ -1,0 +1,43 @@
+"""The common `main()` of every service: settings, logging, signals, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from iot_shared.errors import ConfigError, PipelineError
+from iot_shared.lifecycle import StopFlag
+from iot_shared.logs import configure_logging
+from iot_shared.metrics import BUILD_INFO
+from iot_shared.settings import ServiceSettings, load_settings
+
+S = TypeVar("S", bound=ServiceSettings)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+def run_service(
+    prog: str,
+    settings_cls: type[S],
+    argv: Sequence[str] | None,
+    run: Callable[[S, StopFlag], int],
+    version: str,
+) -> int:
+    """Load settings (exit 2 naming the bad variable), then run until done or SIGTERM/SIGINT."""
+    try:
+        settings = load_settings(settings_cls, sys.argv[1:] if argv is None else argv, prog)
+    except ConfigError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return EXIT_BAD_CONFIG
+    configure_logging(settings.log_level)
+    log = logging.getLogger(prog)
+    log.info("starting %s %s with %s", prog, version, settings.masked())
+    BUILD_INFO.info({"service": prog, "version": version})
+    stop = StopFlag().install()
+    try:
+        return run(settings, stop)
+    except (PipelineError, TimeoutError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED

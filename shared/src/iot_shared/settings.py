@@ -1,0 +1,81 @@
+"""Typed settings shared by every service: environment variables prefixed `IOT_`, CLI flags override.
+
+Each service subclasses `ServiceSettings` in its own `settings.py`; `load_settings` builds it
+inside `main()` and turns a validation error into a `ConfigError` that names the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from iot_shared.errors import ConfigError
+
+ENV_PREFIX = "IOT_"
+
+S = TypeVar("S", bound="ServiceSettings")
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_avoid_json=True,
+        frozen=True,
+        extra="ignore",
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", min_length=1, description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    kafka_extra_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings as a JSON object, e.g. for SASL/TLS",
+    )
+    images_topic: str = Field("iot-topic", min_length=1, description="Topic of incoming images")
+    predictions_topic: str = Field("iot-predictions", min_length=1, description="Topic of predictions")
+    dlq_topic: str = Field("iot-dlq", min_length=1, description="Dead-letter topic")
+    metrics_port: int = Field(
+        8000, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for the start-up log line; SecretStr prints as '**********'."""
+        return {name: str(value) for name, value in self.model_dump().items()}
+
+
+class CouchSettings(BaseSettings):
+    """Mixed into the settings of services that talk to CouchDB."""
+
+    couchdb_url: str = Field(
+        "http://localhost:5984", min_length=1, description="CouchDB (or CouchDB-API) server URL"
+    )
+    couchdb_user: str = Field("admin", min_length=1, description="CouchDB user")
+    couchdb_password: SecretStr = Field(SecretStr(""), description="CouchDB password (never logged)")
+    couchdb_db: str = Field("img_db", min_length=1, description="Database of image documents")
+
+
+def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | None = None) -> S:
+    """Build settings from env and `argv`; `--help` prints every flag and exits 0."""
+    try:
+        return cls(_cli_parse_args=list(argv or []), _cli_prog_name=prog)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        flag = "--" + field.replace("_", "-")
+        lines.append(f"  {env_name(field)} / {flag}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""`iot-topics`: create the pipeline's topics (idempotent); used by `make run`, tests and Compose."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from iot_shared.errors import ConfigError
+from iot_shared.kafka import ensure_topics
+from iot_shared.logs import configure_logging
+from iot_shared.settings import ServiceSettings, load_settings
+
+log = logging.getLogger("iot_shared.topics")
+
+
+class TopicSettings(ServiceSettings):
+    images_partitions: int = Field(3, ge=1, description="Partitions of the images topic")
+    predictions_partitions: int = Field(3, ge=1, description="Partitions of the predictions topic")
+    dlq_partitions: int = Field(1, ge=1, description="Partitions of the dead-letter topic")
+    replication_factor: int = Field(1, ge=1, description="Replicas of each topic")
+    timeout_seconds: float = Field(60.0, gt=0, description="How long to wait for the broker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(TopicSettings, sys.argv[1:] if argv is None else argv, "iot-topics")
+    except ConfigError as exc:
+        sys.stderr.write(f"iot-topics: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    wanted = {
+        settings.images_topic: settings.images_partitions,
+        settings.predictions_topic: settings.predictions_partitions,
+        settings.dlq_topic: settings.dlq_partitions,
+    }
+    created = ensure_topics(settings, wanted, settings.replication_factor, settings.timeout_seconds)
+    log.info("topics ready: %s (created: %s)", ", ".join(wanted), ", ".join(created) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
