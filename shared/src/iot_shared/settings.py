@@ -6,11 +6,12 @@ inside `main()` and turns a validation error into a `ConfigError` that names the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from iot_shared.errors import ConfigError
 
@@ -49,8 +50,8 @@ class ServiceSettings(BaseSettings):
         return {name: str(value) for name, value in self.model_dump().items()}
 
 
-class CouchSettings(BaseSettings):
-    """Mixed into the settings of services that talk to CouchDB."""
+class CouchSettings(ServiceSettings):
+    """Settings of a service that also talks to CouchDB."""
 
     couchdb_url: str = Field(
         "http://localhost:5984", min_length=1, description="CouchDB (or CouchDB-API) server URL"
@@ -66,6 +67,13 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | N
         return cls(_cli_parse_args=list(argv or []), _cli_prog_name=prog)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:
+        # Raised before validation, e.g. for a JSON setting that is not JSON.
+        match = re.search(r'field "(\w+)"', str(exc))
+        field = match.group(1) if match else "?"
+        raise ConfigError(
+            f"invalid settings:\n  {env_name(field)}: cannot parse the value ({exc.__cause__})"
+        ) from None
 
 
 def env_name(field: str) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from iot_shared.service import run_service
-
 from iot_inference import __version__
 from iot_inference.app import run
 from iot_inference.settings import InferenceSettings
+from iot_shared.service import run_service
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from iot_shared.schema import CLASSES, Pixels
 from torch import nn
+
+from iot_shared.schema import CLASSES, Pixels
 
 # The published model's training normalization (chenyaofo, logs/cifar10/resnet20).
 MEAN = (0.4914, 0.4822, 0.4465)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from iot_shared.metrics import LATENCY_BUCKETS
 from prometheus_client import Counter, Gauge, Histogram
+
+from iot_shared.metrics import LATENCY_BUCKETS
 
 PREDICTIONS = Counter("iot_inference_predictions", "Predictions published, by class", ["class_name"])
 BATCH_SECONDS = Histogram(

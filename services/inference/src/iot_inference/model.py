@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 
 import torch
-from iot_shared.errors import DataError
 from torch import Tensor, nn
+
+from iot_shared.errors import DataError
 
 log = logging.getLogger(__name__)
 

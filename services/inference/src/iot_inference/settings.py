@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iot_shared.settings import ServiceSettings
 from pydantic import Field
+
+from iot_shared.settings import ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):

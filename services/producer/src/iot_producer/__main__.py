@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from iot_shared.service import run_service
-
 from iot_producer import __version__
 from iot_producer.app import run
 from iot_producer.settings import ProducerSettings
+from iot_shared.service import run_service
 
 
 def main(argv: Sequence[str] | None = None) -> int:

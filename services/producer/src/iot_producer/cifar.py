@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from iot_shared.errors import DataError
 from iot_shared.schema import CLASSES, IMAGE_SIZE
 

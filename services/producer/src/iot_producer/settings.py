@@ -6,10 +6,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from iot_shared.settings import ServiceSettings
 from pydantic import Field
 
 from iot_producer.cifar import Split
+from iot_shared.settings import ServiceSettings
 
 
 class ProducerSettings(ServiceSettings):

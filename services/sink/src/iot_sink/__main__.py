@@ -6,7 +6,6 @@ import sys
 from collections.abc import Sequence
 
 from iot_shared.service import run_service
-
 from iot_sink import __version__
 from iot_sink.app import run
 from iot_sink.settings import SinkSettings

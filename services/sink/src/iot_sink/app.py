@@ -14,6 +14,7 @@ import requests
 from confluent_kafka import Message
 from ibm_cloud_sdk_core import ApiException
 from ibmcloudant.cloudant_v1 import CloudantV1
+
 from iot_shared.couch import ensure_database, make_client, ping
 from iot_shared.errors import ConfigError, InvalidMessageError
 from iot_shared.kafka import (
@@ -27,7 +28,6 @@ from iot_shared.kafka import (
 from iot_shared.lifecycle import StopFlag, backoff_delays, wait_until
 from iot_shared.metrics import serve_http
 from iot_shared.schema import ImageMessage, PredictionMessage
-
 from iot_sink.documents import Update, group_by_id
 from iot_sink.metrics import WRITE_RETRIES
 from iot_sink.settings import SinkSettings

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from iot_shared.metrics import LATENCY_BUCKETS
 from prometheus_client import Counter, Histogram
+
+from iot_shared.metrics import LATENCY_BUCKETS
 
 DOCUMENTS_WRITTEN = Counter("iot_sink_documents_written", "Document revisions written to CouchDB")
 DOCUMENTS_COMPLETED = Counter(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from iot_shared.settings import CouchSettings, ServiceSettings
 from pydantic import Field
 
+from iot_shared.settings import CouchSettings
 
-class SinkSettings(ServiceSettings, CouchSettings):
+
+class SinkSettings(CouchSettings):
     metrics_port: int = Field(
         8003, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )

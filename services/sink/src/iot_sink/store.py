@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ibmcloudant.cloudant_v1 import CloudantV1
-from iot_shared.errors import PipelineError
 
+from iot_shared.errors import PipelineError
 from iot_sink.documents import Document, Update, is_complete, merge
 from iot_sink.metrics import (
     CONFLICTS_RESOLVED,

@@ -1,0 +1,52 @@
+"""Integration fixtures: the real Kafka broker and CouchDB-API server from deploy/local.
+
+`make test` starts them; run alone, the `stack` fixture starts them too (idempotent). To use
+servers that are already running elsewhere, set IOT_TEST_KAFKA_BOOTSTRAP and IOT_TEST_COUCHDB_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Pipeline, Stack
+from tests.paths import REPO
+
+STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    bootstrap = os.environ.get("IOT_TEST_KAFKA_BOOTSTRAP")
+    couchdb_url = os.environ.get("IOT_TEST_COUCHDB_URL")
+    if not (bootstrap and couchdb_url):
+        subprocess.run([str(STACK_SCRIPT), "start"], check=True, timeout=600)
+        bootstrap = f"127.0.0.1:{os.environ.get('IOT_LOCAL_KAFKA_PORT', '9092')}"
+        couchdb_url = f"http://127.0.0.1:{os.environ.get('IOT_LOCAL_COUCHDB_PORT', '5984')}"
+    return Stack(
+        bootstrap=bootstrap,
+        couchdb_url=couchdb_url,
+        couchdb_user=os.environ.get("IOT_LOCAL_COUCHDB_USER", "admin"),
+        couchdb_password=os.environ.get("IOT_LOCAL_COUCHDB_PASSWORD", "local-dev-only"),
+    )
+
+
+@pytest.fixture
+def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    logs: Path = tmp_path_factory.mktemp("logs")
+    pipe = Pipeline(stack, logs)
+    pipe.create_topics()
+    try:
+        yield pipe
+    finally:
+        pipe.close()

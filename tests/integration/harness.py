@@ -1,0 +1,274 @@
+"""Drive the real services as subprocesses against the real broker and CouchDB-API server.
+
+Each test gets its own topics, consumer groups and database, so tests never see each other's
+messages and can run against a stack that `make run` also uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from confluent_kafka import Consumer, Producer
+
+from iot_shared.kafka import ensure_topics
+from iot_shared.settings import ServiceSettings
+from tests.paths import CIFAR_DIR, WEIGHTS
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Stack:
+    bootstrap: str
+    couchdb_url: str
+    couchdb_user: str
+    couchdb_password: str
+
+    def couch(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(
+            method,
+            f"{self.couchdb_url}/{path}",
+            auth=(self.couchdb_user, self.couchdb_password),
+            timeout=60,
+            **kwargs,
+        )
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    alive: Callable[[], None] = lambda: None,
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds.
+
+    `alive` is checked on every round so a crashed service fails the test at once, with its log.
+    """
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        alive()
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class Service:
+    """One service (`python -m iot_<role>`) in its own process, with its log in a file."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+        self.module = module
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ended_on_purpose = False
+
+    def start(self) -> Service:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as `docker stop` sends it; returns the exit code."""
+        assert self.proc is not None
+        self.ended_on_purpose = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"{self.module} ignored SIGTERM:\n{self.log_tail()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush or commit."""
+        assert self.proc is not None
+        self.ended_on_purpose = True
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.module} still running after {timeout}s:\n{self.log_tail()}"
+            ) from None
+
+
+@dataclass
+class Pipeline:
+    """Topics, groups and database private to one test, and the services wired to them."""
+
+    stack: Stack
+    logs: Path
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    services: list[Service] = field(default_factory=list)
+
+    @property
+    def images_topic(self) -> str:
+        return f"{self.name}-images"
+
+    @property
+    def predictions_topic(self) -> str:
+        return f"{self.name}-predictions"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.name}-dlq"
+
+    @property
+    def db(self) -> str:
+        return f"img_db_{self.name}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "IOT_KAFKA_BOOTSTRAP_SERVERS": self.stack.bootstrap,
+            "IOT_IMAGES_TOPIC": self.images_topic,
+            "IOT_PREDICTIONS_TOPIC": self.predictions_topic,
+            "IOT_DLQ_TOPIC": self.dlq_topic,
+            "IOT_COUCHDB_URL": self.stack.couchdb_url,
+            "IOT_COUCHDB_USER": self.stack.couchdb_user,
+            "IOT_COUCHDB_PASSWORD": self.stack.couchdb_password,
+            "IOT_COUCHDB_DB": self.db,
+            "IOT_METRICS_PORT": "0",
+            "IOT_WEIGHTS": str(WEIGHTS),
+            "IOT_DATA_DIR": str(CIFAR_DIR),
+            **extra,
+        }
+
+    def create_topics(self, partitions: int = 3) -> None:
+        settings = ServiceSettings(
+            kafka_bootstrap_servers=self.stack.bootstrap,
+            images_topic=self.images_topic,
+            predictions_topic=self.predictions_topic,
+            dlq_topic=self.dlq_topic,
+        )
+        topics = {self.images_topic: partitions, self.predictions_topic: partitions, self.dlq_topic: 1}
+        assert sorted(ensure_topics(settings, topics)) == sorted(topics)
+
+    def service(self, role: str, **extra: str) -> Service:
+        """A service of this pipeline; each role has its own consumer group, as in production."""
+        env = {**self.env(), "IOT_GROUP_ID": f"{self.name}-{role}", **extra}
+        svc = Service(f"iot_{role}", env, self.logs / f"{self.name}-{role}-{len(self.services)}.log")
+        self.services.append(svc)
+        return svc
+
+    def start(self, role: str, **extra: str) -> Service:
+        return self.service(role, **extra).start()
+
+    def produce(self, count: int, rate: str = "0", **extra: str) -> Service:
+        """Run the real producer to completion: `count` test-set images at `rate` per second."""
+        producer = self.start("producer", IOT_COUNT=str(count), IOT_RATE=rate, **extra)
+        assert producer.wait(600) == 0, producer.log_tail()
+        return producer
+
+    def alive(self) -> None:
+        for svc in self.services:
+            if svc.module == "iot_producer" or svc.ended_on_purpose or svc.proc is None:
+                continue
+            if svc.proc.poll() is not None:
+                raise AssertionError(f"{svc.module} exited with {svc.proc.returncode}:\n{svc.log_tail()}")
+
+    def close(self) -> None:
+        for svc in reversed(self.services):
+            if svc.running:
+                svc.stop()
+        self.stack.couch("DELETE", self.db)
+
+    # --- looking at the results -------------------------------------------------------
+
+    def documents(self, attachments: bool = False) -> list[dict[str, Any]]:
+        docs: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"include_docs": "true", "limit": 1000}
+        if attachments:
+            params["attachments"] = "true"
+        start = None
+        while True:
+            if start is not None:
+                params["startkey"] = json.dumps(start)
+                params["skip"] = 1
+            response = self.stack.couch("GET", f"{self.db}/_all_docs", params=params)
+            if response.status_code == 404:
+                return []
+            response.raise_for_status()
+            rows = [r for r in response.json()["rows"] if not r["id"].startswith("_design/")]
+            docs.extend(r["doc"] for r in rows)
+            if len(response.json()["rows"]) < 1000:
+                return docs
+            start = response.json()["rows"][-1]["id"]
+
+    def complete_documents(self) -> list[dict[str, Any]]:
+        return [d for d in self.documents() if is_complete(d)]
+
+    def wait_for_complete(self, count: int, timeout: float) -> list[dict[str, Any]]:
+        return wait_for(
+            f"{count} complete documents in {self.db}",
+            lambda: docs if len(docs := self.complete_documents()) >= count else None,
+            timeout,
+            self.alive,
+        )
+
+    def send_raw(self, topic: str, values: list[bytes | None], key: str | None = None) -> None:
+        producer = Producer({"bootstrap.servers": self.stack.bootstrap, "enable.idempotence": True})
+        for value in values:
+            producer.produce(topic, value=value, key=key)
+        assert producer.flush(30) == 0
+
+    def read_topic(self, topic: str, count: int, timeout: float = 60) -> list[Any]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.stack.bootstrap,
+                "group.id": f"{self.name}-reader-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([topic])
+        messages: list[Any] = []
+        try:
+            wait_for(
+                f"{count} messages on {topic}",
+                lambda: len(_extend(messages, consumer.consume(100, 0.5))) >= count,
+                timeout,
+                self.alive,
+            )
+        finally:
+            consumer.close()
+        return messages
+
+
+def is_complete(doc: dict[str, Any]) -> bool:
+    return "GroundTruth" in doc and "InferredValue" in doc and "image.png" in doc.get("_attachments", {})
+
+
+def _extend(acc: list[Any], batch: list[Any]) -> list[Any]:
+    acc.extend(m for m in batch if m.error() is None)
+    return acc

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from iot_inference.settings import InferenceSettings
+from iot_producer.settings import ProducerSettings
+from iot_shared.errors import ConfigError
+from iot_shared.settings import load_settings
+from iot_sink.settings import SinkSettings
+
+
+def test_defaults_match_the_original_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(ProducerSettings, [])
+    assert settings.count == 6
+    assert settings.seconds_between_images == 10.0
+    assert settings.images_topic == "iot-topic"
+    assert load_settings(SinkSettings, []).couchdb_db == "img_db"
+    assert load_settings(InferenceSettings, []).predictions_topic == "iot-predictions"
+
+
+def test_env_is_read_and_flags_override_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOT_KAFKA_BOOTSTRAP_SERVERS", "vm2:9092")
+    monkeypatch.setenv("IOT_MAX_BATCH", "32")
+    settings = load_settings(InferenceSettings, ["--max-batch", "8"])
+    assert settings.kafka_bootstrap_servers == "vm2:9092"
+    assert settings.max_batch == 8
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "named"),
+    [
+        ("IOT_MAX_BATCH", "0", "IOT_MAX_BATCH / --max-batch"),
+        ("IOT_METRICS_PORT", "70000", "IOT_METRICS_PORT"),
+        ("IOT_LOG_LEVEL", "LOUD", "IOT_LOG_LEVEL"),
+        ("IOT_KAFKA_EXTRA_CONFIG", "{not json", "IOT_KAFKA_EXTRA_CONFIG"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings(InferenceSettings, [])
+
+
+def test_rate_overrides_interval() -> None:
+    assert load_settings(ProducerSettings, ["--rate", "4"]).seconds_between_images == 0.25
+    assert load_settings(ProducerSettings, ["--rate", "0"]).seconds_between_images == 0.0
+
+
+def test_password_is_never_in_the_startup_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("IOT_COUCHDB_PASSWORD", "hunter2-secret")
+    settings = load_settings(SinkSettings, [])
+    assert settings.couchdb_password.get_secret_value() == "hunter2-secret"
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("t").info("settings %s", settings.masked())
+    assert "hunter2-secret" not in caplog.text
+    assert "hunter2-secret" not in repr(settings)
+
+
+@pytest.mark.parametrize("module", ["iot_producer", "iot_inference", "iot_sink"])
+def test_bad_config_exits_2_with_a_clear_message(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        env={"IOT_METRICS_PORT": "-1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "IOT_METRICS_PORT / --metrics-port" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["iot_producer", "iot_inference", "iot_sink", "iot_shared.topics"])
+def test_help_lists_the_flags(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--kafka-bootstrap-servers" in result.stdout
