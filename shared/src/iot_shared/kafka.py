@@ -23,7 +23,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from iot_shared.errors import InvalidMessageError
+from iot_shared.errors import DLQ_REASONS, InvalidMessageError
 from iot_shared.metrics import (
     CONSUMED,
     DEAD_LETTERS,
@@ -61,8 +61,14 @@ class Publisher:
         self._producer = Producer(config)
         self._service = service
         self._failures: list[KafkaError] = []
+        self._topics: set[str] = set()
 
     def send(self, topic: str, value: bytes, key: str | None = None, headers: Headers | None = None) -> None:
+        if topic not in self._topics:
+            # Export both counters at 0 from the start, so rates and alerts see the series.
+            self._topics.add(topic)
+            DELIVERED.labels(self._service, topic)
+            DELIVERY_FAILURES.labels(self._service, topic)
         while True:
             try:
                 self._producer.produce(
@@ -77,13 +83,13 @@ class Publisher:
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
 
-    def connected(self, timeout: float = 2.0) -> bool:
-        """True when a broker answers a metadata request (for /readyz)."""
+    def readiness(self, timeout: float = 2.0) -> tuple[bool, str]:
+        """For /readyz: does a broker answer a metadata request?"""
         try:
             self._producer.list_topics(timeout=timeout)
-        except KafkaException:
-            return False
-        return True
+        except KafkaException as exc:
+            return False, f"kafka unreachable: {exc}"
+        return True, "kafka reachable"
 
     def flush(self, timeout: float) -> list[KafkaError]:
         """Wait for every outstanding message; return the failures since the last flush.
@@ -132,6 +138,8 @@ def make_consumer(
         "stats_cb": lambda stats: record_consumer_stats(service, stats),
         **overrides,
     }
+    for event in ("assign", "revoke"):
+        REBALANCES.labels(service, event)
     consumer = Consumer(config)
     consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=on_revoke)
     return consumer
@@ -201,6 +209,8 @@ class DeadLetters:
         self._publisher = publisher
         self._topic = topic
         self._service = service
+        for reason in DLQ_REASONS:
+            DEAD_LETTERS.labels(service, reason)  # exported at 0 until the first bad message
 
     def send(self, msg: Message, error: InvalidMessageError) -> None:
         DEAD_LETTERS.labels(self._service, error.reason).inc()

@@ -88,7 +88,7 @@ def run(settings: InferenceSettings, stop: StopFlag) -> int:
         # Closed in reverse: stop serving, leave the group, then flush what is left.
         cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
         cleanup.callback(consumer.close)
-        server = serve_http(settings.metrics_port, lambda: _readiness(publisher))
+        server = serve_http(settings.metrics_port, publisher.readiness)
         if server is not None:
             cleanup.callback(server.shutdown)
         log.info("classifying %s -> %s", settings.images_topic, settings.predictions_topic)
@@ -108,9 +108,3 @@ def run(settings: InferenceSettings, stop: StopFlag) -> int:
             next_delay = backoff_delays()
             commit_processed(consumer, records)
     return 0
-
-
-def _readiness(publisher: Publisher) -> tuple[bool, str]:
-    if not publisher.connected():
-        return False, "kafka unreachable"
-    return True, "model loaded, kafka reachable"

@@ -5,8 +5,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from iot_shared.metrics import LATENCY_BUCKETS
+from iot_shared.schema import CLASSES
 
 PREDICTIONS = Counter("iot_inference_predictions", "Predictions published, by class", ["class_name"])
+for _name in CLASSES:
+    PREDICTIONS.labels(_name)  # every class exported from the start, at 0
 BATCH_SECONDS = Histogram(
     "iot_inference_batch_duration_seconds", "Model forward pass per batch", buckets=LATENCY_BUCKETS
 )

@@ -66,7 +66,7 @@ def run(settings: ProducerSettings, stop: StopFlag) -> int:
     dataset = load_dataset(settings)
     indices = choose_indices(len(dataset), settings.count, settings.order, settings.start, settings.seed)
     publisher = Publisher(settings, SERVICE)
-    server = serve_http(settings.metrics_port, lambda: (True, "ok"))
+    server = serve_http(settings.metrics_port, publisher.readiness)
     sent = 0
     try:
         for i in schedule(len(indices), settings.seconds_between_images, stop):

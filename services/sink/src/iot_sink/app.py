@@ -119,9 +119,7 @@ def _readiness(client: CloudantV1, settings: SinkSettings, publisher: Publisher)
         ping(client, settings.couchdb_db)
     except COUCH_ERRORS as exc:
         return False, f"couchdb not ready: {_short(exc)}"
-    if not publisher.connected():
-        return False, "kafka unreachable"
-    return True, "couchdb and kafka reachable"
+    return publisher.readiness()
 
 
 def _short(exc: BaseException) -> str:
