@@ -6,9 +6,11 @@ messages and can run against a stack that `make run` also uses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +45,12 @@ class Stack:
             timeout=60,
             **kwargs,
         )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(
@@ -201,7 +209,8 @@ class Pipeline:
         for svc in reversed(self.services):
             if svc.running:
                 svc.stop()
-        self.stack.couch("DELETE", self.db)
+        with contextlib.suppress(requests.RequestException):
+            self.stack.couch("DELETE", self.db)
 
     # --- looking at the results -------------------------------------------------------
 

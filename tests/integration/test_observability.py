@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,19 +13,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Pipeline, Service, Stack, wait_for
+from tests.integration.harness import Pipeline, Service, Stack, free_port, wait_for
 from tests.integration.test_dead_letters import BAD_IMAGES
 from tests.paths import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
 IMAGES = 400
 ROLES = ("producer", "inference", "sink")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -1,0 +1,152 @@
+"""The sink against CouchDB trouble: revision conflicts, and the server going away mid-stream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+
+from iot_shared.couch import ensure_database, make_client
+from iot_shared.schema import ImageMessage, PredictionMessage
+from iot_shared.settings import CouchSettings
+from iot_sink.documents import group_by_id
+from iot_sink.store import DocumentStore
+from tests.integration.harness import Pipeline, Stack, free_port, wait_for
+from tests.paths import REPO
+
+POUCHDB_SERVER = REPO / "deploy" / "local" / "node_modules" / ".bin" / "pouchdb-server"
+
+
+def test_conflicting_writer_is_merged_not_overwritten(stack: Stack) -> None:
+    db = f"img_db_conflict_{uuid.uuid4().hex[:8]}"
+    settings = CouchSettings(
+        couchdb_url=stack.couchdb_url,
+        couchdb_user=stack.couchdb_user,
+        couchdb_password=SecretStr(stack.couchdb_password),
+        couchdb_db=db,
+    )
+    client = make_client(settings)
+    ensure_database(client, db)
+    try:
+        image_id = str(uuid.uuid4())
+        image = ImageMessage.from_pixels(image_id, "bird", np.ones((32, 32, 3), np.uint8), 5.0, "t")
+        store = DocumentStore(client, db)
+        store.write(group_by_id([image]))
+        stale = stack.couch("GET", f"{db}/{image_id}").json()
+
+        # Another writer (a second sink instance) adds the prediction in between.
+        other = dict(stale, InferredValue="airplane", Confidence=0.9, Model="m", InferredAt=6.0)
+        assert stack.couch("PUT", f"{db}/{image_id}", json=other).status_code == 201
+
+        reads = iter([{image_id: stale}])
+        real_read = store._read
+        store._read = lambda ids: next(reads, None) or real_read(ids)  # type: ignore[method-assign]
+        before = REGISTRY.get_sample_value("iot_sink_conflicts_resolved_total") or 0.0
+        replayed = ImageMessage(image_id, "bird", image.png, 5.0, "replayed-source", image.pixels)
+        store.write(group_by_id([replayed]))
+
+        doc = stack.couch("GET", f"{db}/{image_id}").json()
+        assert REGISTRY.get_sample_value("iot_sink_conflicts_resolved_total") == before + 1
+        assert (doc["InferredValue"], doc["Source"]) == ("airplane", "replayed-source")
+        assert doc["_rev"].startswith("3-")
+    finally:
+        stack.couch("DELETE", db)
+
+
+class PrivateCouch:
+    """A second CouchDB-API server that a test may stop and start at will, keeping its data."""
+
+    def __init__(self, stack: Stack, workdir: Path) -> None:
+        self.stack = Stack(stack.bootstrap, f"http://127.0.0.1:{free_port()}", "admin", "private-test-only")
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        config = self.workdir / "couchdb.json"
+        config.write_text(json.dumps({"admins": {self.stack.couchdb_user: self.stack.couchdb_password}}))
+        (self.workdir / "data").mkdir(exist_ok=True)
+        port = self.stack.couchdb_url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            [str(POUCHDB_SERVER), "--host", "127.0.0.1", "--port", port, "--dir", str(self.workdir / "data"),
+             "--config", str(config)],
+            stdout=(self.workdir / "couchdb.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )  # fmt: skip
+        wait_for("the private CouchDB-API server", self._answers, 60)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def _answers(self) -> bool:
+        try:
+            return self.stack.couch("GET", "_all_dbs").status_code == 200
+        except requests.RequestException:
+            return False
+
+
+@pytest.fixture
+def private_couch(stack: Stack, tmp_path: Path) -> Iterator[PrivateCouch]:
+    couch = PrivateCouch(stack, tmp_path)
+    couch.start()
+    yield couch
+    couch.stop()
+
+
+def test_sink_rides_out_a_couchdb_outage_without_losing_anything(
+    private_couch: PrivateCouch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    pipeline = Pipeline(private_couch.stack, tmp_path_factory.mktemp("logs"))
+    pipeline.create_topics()
+    try:
+        pipeline.start("sink", IOT_METRICS_PORT=str(metrics_port := free_port()))
+        first = _messages(20)
+        pipeline.send_raw(pipeline.images_topic, [m.encode() for m in first])
+        wait_for("the first documents", lambda: len(pipeline.documents()) == 20, 60, pipeline.alive)
+
+        private_couch.stop()
+        second = _messages(30)
+        pipeline.send_raw(pipeline.images_topic, [m.encode() for m in second])
+        pipeline.send_raw(
+            pipeline.predictions_topic,
+            [PredictionMessage(m.id, "cat", 0.5, 7.0).encode() for m in first + second],
+        )
+        wait_for("write retries", lambda: _retries(metrics_port) >= 2, 60, pipeline.alive)
+
+        private_couch.start()
+        docs = pipeline.wait_for_complete(50, timeout=120)
+        assert len(pipeline.documents()) == 50
+        assert {d["_id"] for d in docs} == {m.id for m in first + second}
+    finally:
+        pipeline.close()
+
+
+def _messages(n: int) -> list[ImageMessage]:
+    rng = np.random.default_rng(n)
+    return [
+        ImageMessage.from_pixels(
+            str(uuid.uuid4()), "cat", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 1.0, "t"
+        )
+        for _ in range(n)
+    ]
+
+
+def _retries(port: int) -> float:
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except requests.RequestException:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("iot_sink_write_retries_total "):
+            return float(line.split()[1])
+    return 0.0
