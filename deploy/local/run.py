@@ -121,9 +121,9 @@ def print_report(docs: list[dict[str, Any]], db: str) -> None:
     print(f"  curl {auth} '{COUCH_URL}/{db}/_all_docs?include_docs=true'")
     print(f"  curl {auth} {COUCH_URL}/{db}/{docs[0]['_id']}")
     print(f"  curl {auth} -o image.png {COUCH_URL}/{db}/{docs[0]['_id']}/image.png")
-    print(
-        "Metrics: " + ", ".join(f"http://localhost:{port}/metrics ({role})" for role, port in METRICS.items())
-    )
+    urls = ", ".join(f"http://localhost:{port}/metrics ({role})" for role, port in METRICS.items())
+    print(f"Metrics: {urls}; the producer's only while it sends.")
+    print("Health: /healthz and /readyz on the same ports.")
     print("The stack keeps running; `make stop` stops it.")
 
 
