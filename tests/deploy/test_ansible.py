@@ -1,0 +1,545 @@
+"""Ansible deployment to VM1-VM4 (`deploy/ansible`), checked without any VM.
+
+- `ansible-lint` (production profile) and `ansible-playbook --syntax-check` pass;
+- site.yml run against the example inventory in render-only mode (`-e iot_render_only=true`):
+  every role writes the files it would install into `<render dir>/<host>/<path on the VM>`
+  on this machine (no SSH, no root, no network), and the tests check what would otherwise
+  only fail on real VMs: addresses, every service setting, secrets, firewall ports.
+
+Secrets: a secret may appear in a file named `secrets.env` (mode 0600, root-only on the VM,
+passed with `docker run --env-file`) and in no other rendered file, nor in Ansible's output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from iot_inference.settings import InferenceSettings
+from iot_producer.settings import ProducerSettings
+from iot_shared.settings import ServiceSettings, env_name, load_settings
+from iot_sink.settings import SinkSettings
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / "deploy" / "ansible"
+INVENTORY = ANSIBLE / "inventory.example.ini"
+SITE = ANSIBLE / "site.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
+
+SERVICES: dict[str, tuple[type[ServiceSettings], int]] = {
+    "producer": (ProducerSettings, 8001),
+    "inference": (InferenceSettings, 8002),
+    "sink": (SinkSettings, 8003),
+}
+COMMON_SETTINGS = {
+    "IOT_KAFKA_BOOTSTRAP_SERVERS",
+    "IOT_IMAGES_TOPIC",
+    "IOT_PREDICTIONS_TOPIC",
+    "IOT_DLQ_TOPIC",
+    "IOT_METRICS_PORT",
+    "IOT_LOG_LEVEL",
+}
+# What each service must be given explicitly on a VM (the rest keeps the code's defaults).
+NEEDED_SETTINGS = {
+    "producer": COMMON_SETTINGS | {"IOT_COUNT", "IOT_INTERVAL_SECONDS"},
+    "inference": COMMON_SETTINGS | {"IOT_GROUP_ID", "IOT_MAX_BATCH", "IOT_MAX_WAIT_MS"},
+    "sink": COMMON_SETTINGS
+    | {"IOT_GROUP_ID", "IOT_COUCHDB_URL", "IOT_COUCHDB_USER", "IOT_COUCHDB_DB", "IOT_COUCHDB_PASSWORD"},
+}
+SECRET_SETTINGS = {"IOT_COUCHDB_PASSWORD", "IOT_KAFKA_EXTRA_CONFIG"}
+
+
+def tool(name: str) -> str:
+    """A dev tool from this virtualenv (or PATH); a clear failure, never a skip, when missing."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if not found:
+        pytest.fail(
+            f"`{name}` is not installed: it is a dev dependency (ansible-core, ansible-lint); "
+            "run `uv sync --frozen --all-packages` (or `make install`)",
+            pytrace=False,
+        )
+    return found
+
+
+def run(args: list[str], home: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ANSIBLE_HOME": str(home),  # keep ~/.ansible out of it
+        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "NO_COLOR": "1",
+        "PY_COLORS": "0",
+    }
+    env.pop("ANSIBLE_CONFIG", None)
+    env.pop("ANSIBLE_VAULT_PASSWORD_FILE", None)
+    return subprocess.run(
+        args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    return (
+        f"exit {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-4000:]}"
+    )
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a file the way `docker run --env-file` does: KEY=VALUE lines, # comments."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path}: not KEY=VALUE: {line!r}"
+        env[key] = value
+    return env
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+@dataclass(frozen=True)
+class Inventory:
+    groups: dict[str, list[str]]
+    addresses: dict[str, str]  # host -> iot_address
+
+    def address(self, group: str) -> str:
+        hosts = self.groups[group]
+        assert len(hosts) == 1, f"{group}: {hosts}"
+        return self.addresses[hosts[0]]
+
+    def host(self, group: str) -> str:
+        return self.groups[group][0]
+
+
+@pytest.fixture(scope="module")
+def ansible_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("ansible-home")
+    (home / "tmp").mkdir()
+    return home
+
+
+@pytest.fixture(scope="module")
+def inventory(ansible_home: Path) -> Inventory:
+    result = run([tool("ansible-inventory"), "-i", str(INVENTORY), "--list"], ansible_home)
+    assert result.returncode == 0, output(result)
+    data = json.loads(result.stdout)
+
+    def hosts(group: str) -> list[str]:
+        entry = data.get(group, {})
+        found = list(entry.get("hosts", []))
+        for child in entry.get("children", []):
+            found += hosts(child)
+        return found
+
+    groups = {g: hosts(g) for g in ("producer", "broker", "inference", "sink", "couchdb", "monitoring")}
+    hostvars = data["_meta"]["hostvars"]
+    addresses = {h: hostvars[h].get("iot_address", hostvars[h]["ansible_host"]) for h in hostvars}
+    # The example must tell the SSH address and the address the VMs use apart, or the checks
+    # below could not notice one used in place of the other.
+    assert all(hostvars[h]["iot_address"] != hostvars[h]["ansible_host"] for h in hostvars)
+    return Inventory(groups, addresses)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    couchdb: str
+    grafana: str
+    kafka: str
+
+    @property
+    def extra_vars(self) -> dict[str, Any]:
+        return {
+            "vault_couchdb_admin_password": self.couchdb,
+            "vault_grafana_admin_password": self.grafana,
+            "vault_kafka_extra_config": {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": "iot",
+                "sasl.password": self.kafka,
+            },
+        }
+
+    def all(self) -> dict[str, str]:
+        return {"couchdb": self.couchdb, "grafana": self.grafana, "kafka": self.kafka}
+
+
+@dataclass(frozen=True)
+class Render:
+    root: Path
+    log: str
+
+    def host(self, name: str) -> Path:
+        return self.root / name
+
+    def file(self, host: str, path: str) -> Path:
+        found = self.root / host / path.lstrip("/")
+        assert found.is_file(), f"{host} would not get {path}; rendered: {sorted(self.files(host))}"
+        return found
+
+    def files(self, host: str) -> set[str]:
+        base = self.root / host
+        return {"/" + str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()}
+
+
+def render_site(
+    home: Path, out: Path, extra_vars: dict[str, Any], *more: str
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        [
+            tool("ansible-playbook"),
+            "-i",
+            str(INVENTORY),
+            str(SITE),
+            "-e",
+            json.dumps({"iot_render_only": True, "iot_render_dir": str(out), **extra_vars}),
+            *more,
+        ],
+        home,
+    )
+
+
+@pytest.fixture(scope="module")
+def secret_values() -> Secrets:
+    return Secrets(
+        couchdb=f"couch-{secrets.token_hex(12)}",
+        grafana=f"grafana-{secrets.token_hex(12)}",
+        kafka=f"kafka-{secrets.token_hex(12)}",
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(ansible_home: Path, tmp_path_factory: pytest.TempPathFactory, secret_values: Secrets) -> Render:
+    out = tmp_path_factory.mktemp("render")
+    result = render_site(ansible_home, out, secret_values.extra_vars)
+    assert result.returncode == 0, output(result)
+    return Render(out, result.stdout + result.stderr)
+
+
+# --- static checks -----------------------------------------------------------------------
+
+
+def test_ansible_lint_production_profile_is_clean(ansible_home: Path) -> None:
+    result = run(
+        [tool("ansible-lint"), "--profile", "production", "-c", str(ANSIBLE / ".ansible-lint"), str(ANSIBLE)],
+        ansible_home,
+        timeout=300,
+    )
+    assert result.returncode == 0, output(result)
+
+
+def test_site_passes_the_syntax_check(ansible_home: Path) -> None:
+    result = run([tool("ansible-playbook"), "--syntax-check", "-i", str(INVENTORY), str(SITE)], ansible_home)
+    assert result.returncode == 0, output(result)
+
+
+def test_every_role_has_the_standard_layout() -> None:
+    roles = {"java", "kafka", "docker", "couchdb", "service", "monitoring", "firewall"}
+    assert {p.name for p in (ANSIBLE / "roles").iterdir() if p.is_dir()} == roles
+    for role in roles:
+        for part in (
+            "defaults/main.yml",
+            "tasks/main.yml",
+            "handlers/main.yml",
+            "meta/main.yml",
+            "README.md",
+        ):
+            assert (ANSIBLE / "roles" / role / part).is_file(), f"role {role} lacks {part}"
+        assert any((ANSIBLE / "roles" / role / "templates").iterdir()), f"role {role} has no template"
+
+
+def test_example_vault_holds_only_placeholders() -> None:
+    example = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "vault.example.yml").read_text())
+    assert example["vault_couchdb_admin_password"].startswith("CHANGE-ME")
+    assert example["vault_grafana_admin_password"].startswith("CHANGE-ME")
+    assert example["vault_kafka_extra_config"] == {}
+    ignored = (ANSIBLE / ".gitignore").read_text().split()
+    assert "/group_vars/all/vault.yml" in ignored and "/inventory.ini" in ignored
+
+
+def test_placeholder_secrets_stop_the_deployment(ansible_home: Path, tmp_path: Path) -> None:
+    result = render_site(ansible_home, tmp_path, {})  # only the example vault's placeholders
+    assert result.returncode != 0, output(result)
+    assert "vault.example.yml" in result.stdout, output(result)
+    assert not any(tmp_path.iterdir()), "nothing may be rendered before the secrets check"
+
+
+# --- what each VM would get --------------------------------------------------------------
+
+
+def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inventory) -> None:
+    common = {"/etc/iot/firewall.nft", "/etc/systemd/system/iot-firewall.service"}
+    docker = {"/etc/docker/daemon.json"}
+
+    def service(name: str) -> set[str]:
+        return {
+            f"/etc/iot/{name}/{name}.env",
+            f"/etc/iot/{name}/secrets.env",
+            f"/etc/systemd/system/iot-{name}.service",
+        }
+
+    expected = {
+        inventory.host("producer"): common | docker | service("producer"),
+        inventory.host("broker"): common
+        | {
+            "/etc/kafka/server.properties",
+            "/etc/kafka/zookeeper.properties",
+            "/etc/systemd/system/kafka.service",
+            "/etc/systemd/system/zookeeper.service",
+        },
+        inventory.host("inference"): common | docker | service("inference"),
+        inventory.host("sink"): common
+        | docker
+        | service("sink")
+        | {
+            "/etc/iot/couchdb/secrets.env",
+            "/etc/systemd/system/couchdb.service",
+            "/etc/iot/prometheus/prometheus.yml",
+            "/etc/iot/grafana/grafana.env",
+            "/etc/iot/grafana/secrets.env",
+            "/etc/iot/grafana/provisioning/datasources/prometheus.yml",
+            "/etc/iot/grafana/provisioning/dashboards/iot-pipeline.yml",
+            "/etc/iot/grafana/dashboards/iot-pipeline.json",
+            "/etc/systemd/system/prometheus.service",
+            "/etc/systemd/system/grafana.service",
+        },
+    }
+    assert {p.name for p in rendered.root.iterdir()} == set(expected)
+    for host, files in expected.items():
+        assert rendered.files(host) == files, host
+
+
+def test_kafka_advertises_and_connects_to_zookeeper_on_the_broker_address(
+    rendered: Render, inventory: Inventory
+) -> None:
+    broker = inventory.address("broker")
+    props = read_properties(rendered.file(inventory.host("broker"), "/etc/kafka/server.properties"))
+    assert props["advertised.listeners"] == f"PLAINTEXT://{broker}:9092"
+    assert props["zookeeper.connect"] == f"{broker}:2181"
+    assert props["listeners"] == "PLAINTEXT://0.0.0.0:9092"
+    assert props["log.dirs"] == "/var/lib/kafka/data"
+    zk = read_properties(rendered.file(inventory.host("broker"), "/etc/kafka/zookeeper.properties"))
+    assert zk["clientPort"] == "2181"
+    assert zk["admin.enableServer"] == "false"
+
+
+def test_kafka_and_zookeeper_run_as_systemd_units_under_a_dedicated_user(
+    rendered: Render, inventory: Inventory
+) -> None:
+    broker = inventory.host("broker")
+    kafka = rendered.file(broker, "/etc/systemd/system/kafka.service").read_text()
+    zookeeper = rendered.file(broker, "/etc/systemd/system/zookeeper.service").read_text()
+    for unit in (kafka, zookeeper):
+        assert "\nUser=kafka\n" in unit and "\nGroup=kafka\n" in unit
+    assert "ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties" in kafka
+    assert "Requires=zookeeper.service" in kafka and "After=zookeeper.service" in kafka
+    assert "ExecStart=/opt/kafka/bin/zookeeper-server-start.sh /etc/kafka/zookeeper.properties" in zookeeper
+
+
+def test_kraft_mode_drops_zookeeper_and_keeps_the_broker_address(
+    ansible_home: Path, tmp_path: Path, inventory: Inventory, secret_values: Secrets
+) -> None:
+    result = render_site(
+        ansible_home, tmp_path, {**secret_values.extra_vars, "kafka_kraft_enabled": True}, "--limit", "broker"
+    )
+    assert result.returncode == 0, output(result)
+    broker, host = inventory.address("broker"), inventory.host("broker")
+    render = Render(tmp_path, "")
+    assert not any("zookeeper" in f for f in render.files(host)), render.files(host)
+    props = read_properties(render.file(host, "/etc/kafka/server.properties"))
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"] == f"1@{broker}:9093"
+    assert props["advertised.listeners"] == f"PLAINTEXT://{broker}:9092"
+    assert "zookeeper.connect" not in props
+    assert "zookeeper" not in render.file(host, "/etc/systemd/system/kafka.service").read_text()
+
+
+def service_env(rendered: Render, inventory: Inventory, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    host = inventory.host(name)
+    public = read_env_file(rendered.file(host, f"/etc/iot/{name}/{name}.env"))
+    secret = read_env_file(rendered.file(host, f"/etc/iot/{name}/secrets.env"))
+    return public, secret
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_use_the_broker_and_couchdb_addresses(
+    rendered: Render, inventory: Inventory, name: str
+) -> None:
+    public, _ = service_env(rendered, inventory, name)
+    assert public["IOT_KAFKA_BOOTSTRAP_SERVERS"] == f"{inventory.address('broker')}:9092"
+    if name == "sink":
+        assert public["IOT_COUCHDB_URL"] == f"http://{inventory.address('couchdb')}:5984"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_setting_a_service_needs_is_set_and_valid(
+    rendered: Render, inventory: Inventory, secret_values: Secrets, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cls, port = SERVICES[name]
+    public, secret = service_env(rendered, inventory, name)
+    assert not set(public) & set(secret), "a setting is in both files"
+    env = {**public, **secret}
+    missing = NEEDED_SETTINGS[name] - set(env)
+    assert not missing, f"{name} would start without {sorted(missing)}"
+    known = {env_name(field) for field in cls.model_fields}
+    assert set(env) <= known, f"{name} gets settings it does not read: {sorted(set(env) - known)}"
+    assert set(secret) <= SECRET_SETTINGS, f"not a secret: {sorted(set(secret) - SECRET_SETTINGS)}"
+    assert not set(public) & SECRET_SETTINGS, (
+        f"secret outside secrets.env: {sorted(set(public) & SECRET_SETTINGS)}"
+    )
+
+    # The service itself accepts them (the same validation it runs at start-up).
+    for key in [k for k in os.environ if k.startswith("IOT_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(cls, [])
+    assert settings.metrics_port == port
+    assert settings.kafka_bootstrap_servers == f"{inventory.address('broker')}:9092"
+    assert (settings.images_topic, settings.predictions_topic, settings.dlq_topic) == (
+        "iot-topic",
+        "iot-predictions",
+        "iot-dlq",
+    )
+    assert settings.kafka_extra_config["sasl.password"] == secret_values.kafka
+    if isinstance(settings, ProducerSettings):
+        assert settings.count == 6 and settings.seconds_between_images == 10.0
+    if isinstance(settings, SinkSettings):
+        assert settings.couchdb_url == f"http://{inventory.address('couchdb')}:5984"
+        assert settings.couchdb_password.get_secret_value() == secret_values.couchdb
+        assert (settings.couchdb_user, settings.couchdb_db, settings.group_id) == ("admin", "img_db", "sink")
+    if isinstance(settings, InferenceSettings):
+        assert settings.group_id == "inference"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_container_gets_its_env_files(rendered: Render, inventory: Inventory, name: str) -> None:
+    unit = rendered.file(inventory.host(name), f"/etc/systemd/system/iot-{name}.service").read_text()
+    exec_start = re.search(r"^ExecStart=(.*?)(?<!\\)$", unit, re.M | re.S)
+    assert exec_start, unit
+    command = exec_start.group(1).replace("\\\n", " ").split()
+    assert command[:3] == ["/usr/bin/docker", "run", "--rm"]
+    assert f"--env-file /etc/iot/{name}/{name}.env" in " ".join(command)
+    assert f"--env-file /etc/iot/{name}/secrets.env" in " ".join(command)
+    assert "--network host" in " ".join(command)
+    assert re.fullmatch(rf"iot-{name}:[0-9a-f]{{12}}", command[-1]), command[-1]
+    assert "Requires=docker.service" in unit
+    assert ("RemainAfterExit=yes" in unit) == (name == "producer")
+
+
+def test_no_secret_appears_outside_the_secrets_files(rendered: Render, secret_values: Secrets) -> None:
+    seen: dict[str, list[str]] = {name: [] for name in secret_values.all()}
+    for path in rendered.root.rglob("*"):
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        where = str(path.relative_to(rendered.root))
+        for name, value in secret_values.all().items():
+            if value in text:
+                assert path.name == "secrets.env", f"the {name} secret is in plain text in {where}"
+                seen[name].append(where)
+        if path.name == "secrets.env":
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{where} must be mode 0600"
+    # ...and each secret does reach the containers that need it.
+    assert sorted(seen["couchdb"]) == ["vm4/etc/iot/couchdb/secrets.env", "vm4/etc/iot/sink/secrets.env"]
+    assert seen["grafana"] == ["vm4/etc/iot/grafana/secrets.env"]
+    assert sorted(seen["kafka"]) == [
+        "vm1/etc/iot/producer/secrets.env",
+        "vm3/etc/iot/inference/secrets.env",
+        "vm4/etc/iot/sink/secrets.env",
+    ]
+
+
+def test_no_secret_appears_in_ansible_output(rendered: Render, secret_values: Secrets) -> None:
+    for name, value in secret_values.all().items():
+        assert value not in rendered.log, f"the {name} secret is in the playbook's output"
+
+
+def test_couchdb_runs_as_a_container_with_a_data_volume_and_admin(
+    rendered: Render, inventory: Inventory
+) -> None:
+    host = inventory.host("couchdb")
+    unit = rendered.file(host, "/etc/systemd/system/couchdb.service").read_text()
+    assert "--volume couchdb-data:/opt/couchdb/data" in unit
+    assert "--env-file /etc/iot/couchdb/secrets.env" in unit
+    assert set(read_env_file(rendered.file(host, "/etc/iot/couchdb/secrets.env"))) == {
+        "COUCHDB_USER",
+        "COUCHDB_PASSWORD",
+    }
+
+
+def firewall_ports(rendered: Render, host: str) -> dict[int, str]:
+    """Port -> the accept rules' text for it, from the rendered nftables file."""
+    ports: dict[int, str] = {}
+    for line in rendered.file(host, "/etc/iot/firewall.nft").read_text().splitlines():
+        match = re.search(r"tcp dport (\d+) accept", line)
+        if match:
+            ports[int(match.group(1))] = ports.get(int(match.group(1)), "") + line.strip() + "\n"
+    return ports
+
+
+def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory: Inventory) -> None:
+    expected = {
+        "producer": {22, 8001},
+        "broker": {22, 9092},
+        "inference": {22, 8002},
+        "sink": {22, 8003, 5984, 3000, 9090},
+    }
+    for group, ports in expected.items():
+        assert set(firewall_ports(rendered, inventory.host(group))) == ports, group
+        text = rendered.file(inventory.host(group), "/etc/iot/firewall.nft").read_text()
+        assert "policy drop;" in text
+        assert "flush ruleset" not in text, "would wipe Docker's rules"
+    # Kafka (plaintext) accepts the pipeline VMs only.
+    kafka_rule = firewall_ports(rendered, inventory.host("broker"))[9092]
+    assert kafka_rule.count("\n") == 1, kafka_rule
+    sources = set(re.search(r"ip saddr \{ (.*?) \}", kafka_rule).group(1).split(", "))  # type: ignore[union-attr]
+    assert sources == set(inventory.addresses.values())
+
+
+def test_prometheus_scrapes_every_service_on_its_vm(rendered: Render, inventory: Inventory) -> None:
+    config = yaml.safe_load(
+        rendered.file(inventory.host("monitoring"), "/etc/iot/prometheus/prometheus.yml").read_text()
+    )
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    for name, (_, port) in SERVICES.items():
+        assert jobs[name] == [f"{inventory.address(name)}:{port}"]
+
+
+def test_grafana_provisions_the_same_dashboard_as_compose(rendered: Render, inventory: Inventory) -> None:
+    host = inventory.host("monitoring")
+    assert DASHBOARD.is_file(), f"missing {DASHBOARD}"
+    provisioned = rendered.file(host, "/etc/iot/grafana/dashboards/iot-pipeline.json")
+    assert provisioned.read_bytes() == DASHBOARD.read_bytes()
+    provider = yaml.safe_load(
+        rendered.file(host, "/etc/iot/grafana/provisioning/dashboards/iot-pipeline.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    datasource = yaml.safe_load(
+        rendered.file(host, "/etc/iot/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    assert datasource["datasources"][0]["type"] == "prometheus"
+    unit = rendered.file(host, "/etc/systemd/system/grafana.service").read_text()
+    assert "--volume /etc/iot/grafana/dashboards:/etc/grafana/dashboards:ro" in unit
