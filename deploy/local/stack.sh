@@ -20,15 +20,6 @@ START_TIMEOUT="${IOT_LOCAL_START_TIMEOUT:-120}"
 log() { printf 'stack: %s\n' "$*" >&2; }
 
 install() {
-  # Prometheus serves the observability tests; Debian's package, where we may install it.
-  if ! command -v prometheus >/dev/null; then
-    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-      log "installing Debian's prometheus package"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
-      log "prometheus not found: install it (Debian: apt-get install prometheus) for the observability tests"
-    fi
-  fi
   # Re-resolve the jars only when pom.xml changed since the last copy.
   if [[ ! -f "$LIBS/.pom.sha256" ]] || ! sha256sum --status -c "$LIBS/.pom.sha256" 2>/dev/null; then
     log "resolving Kafka's jars from Maven Central"
