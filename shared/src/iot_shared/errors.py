@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 # Why a message went to the dead-letter topic; a small fixed set, so it can be a metric label.
 DlqReason = Literal[
@@ -13,14 +13,7 @@ DlqReason = Literal[
     "bad_image",
     "unknown_class",
 ]
-DLQ_REASONS: tuple[DlqReason, ...] = (
-    "not_json",
-    "missing_field",
-    "invalid_field",
-    "bad_base64",
-    "bad_image",
-    "unknown_class",
-)
+DLQ_REASONS: tuple[DlqReason, ...] = get_args(DlqReason)
 
 
 class PipelineError(Exception):
