@@ -19,8 +19,9 @@ from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_shared.settings import CouchSettings
 from iot_sink.documents import group_by_id
 from iot_sink.store import DocumentStore
-from tests.integration.harness import Pipeline, Stack, free_port, wait_for
+from tests.integration.harness import Pipeline, Stack, wait_for
 from tests.paths import REPO
+from tests.ports import free_port
 
 POUCHDB_SERVER = REPO / "deploy" / "local" / "node_modules" / ".bin" / "pouchdb-server"
 

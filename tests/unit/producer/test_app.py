@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from iot_producer.app import choose_indices, image_message, schedule
@@ -43,7 +41,24 @@ def test_schedule_stops_early_when_asked() -> None:
     assert sent == [0]
 
 
-def test_full_speed_schedule_does_not_wait() -> None:
-    started = time.monotonic()
-    assert list(schedule(1000, 0.0, StopFlag())) == list(range(1000))
-    assert time.monotonic() - started < 5  # generous: no per-image sleeping at rate 0
+class RecordingStop(StopFlag):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return False
+
+
+def test_full_speed_schedule_never_waits() -> None:
+    stop = RecordingStop()
+    assert list(schedule(1000, 0.0, stop)) == list(range(1000))
+    assert max(stop.waits) <= 0
+
+
+def test_paced_schedule_keeps_a_fixed_clock() -> None:
+    stop = RecordingStop()
+    assert list(schedule(4, 10.0, stop)) == [0, 1, 2, 3]
+    # Image i is due i*10 s after the start, whatever the time spent sending: no drift.
+    assert [round(w, -1) for w in stop.waits] == [0.0, 10.0, 20.0, 30.0]

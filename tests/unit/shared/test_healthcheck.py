@@ -4,7 +4,7 @@ import pytest
 
 from iot_shared.healthcheck import main
 from iot_shared.metrics import serve_http
-from tests.integration.harness import free_port
+from tests.ports import free_port
 
 
 @pytest.mark.parametrize(
