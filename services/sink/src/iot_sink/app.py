@@ -31,11 +31,14 @@ from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_sink.documents import Update, group_by_id
 from iot_sink.metrics import WRITE_RETRIES
 from iot_sink.settings import SinkSettings
-from iot_sink.store import DocumentStore
+from iot_sink.store import DocumentStore, WriteError
 
 log = logging.getLogger("iot_sink")
 SERVICE = "sink"
 COUCH_ERRORS = (ApiException, requests.RequestException)
+# A refused document (permissions, validation) is retried too: the batch stays uncommitted, the
+# service stays up and says why, rather than exiting into a restart loop.
+WRITE_ERRORS = (*COUCH_ERRORS, WriteError)
 
 
 def decode_batch(
@@ -58,7 +61,7 @@ def write_until_stored(store: DocumentStore, updates: dict[str, Update], stop: S
         try:
             store.write(updates)
             return True
-        except COUCH_ERRORS as exc:
+        except WRITE_ERRORS as exc:
             delay = next_delay()
             WRITE_RETRIES.inc()
             log.warning("CouchDB write failed (%s); retrying in %.1fs", _short(exc), delay)
