@@ -50,13 +50,12 @@ def base_config(settings: ServiceSettings, client_id: str) -> dict[str, Any]:
 class Publisher:
     """An idempotent producer (acks=all) that counts failed deliveries between flushes."""
 
-    def __init__(self, settings: ServiceSettings, service: str, **overrides: Any) -> None:
+    def __init__(self, settings: ServiceSettings, service: str) -> None:
         config = {
             **base_config(settings, service),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            **overrides,
         }
         self._producer = Producer(config)
         self._service = service
@@ -79,9 +78,6 @@ class Publisher:
                 # Local queue full: serve delivery reports to make room, then try again.
                 self._producer.poll(0.1)
         self._producer.poll(0)
-
-    def poll(self, timeout: float = 0) -> None:
-        self._producer.poll(timeout)
 
     def readiness(self, timeout: float = 2.0) -> tuple[bool, str]:
         """For /readyz: does a broker answer a metadata request?"""
@@ -117,7 +113,6 @@ def make_consumer(
     service: str,
     group_id: str,
     topics: Sequence[str],
-    **overrides: Any,
 ) -> Consumer:
     """A group member that never commits on its own; see `commit_processed`."""
 
@@ -136,7 +131,6 @@ def make_consumer(
         "auto.offset.reset": "earliest",
         "statistics.interval.ms": 5000,
         "stats_cb": lambda stats: record_consumer_stats(service, stats),
-        **overrides,
     }
     for event in ("assign", "revoke"):
         REBALANCES.labels(service, event)
