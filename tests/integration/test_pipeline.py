@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 
 import numpy as np
@@ -29,6 +30,32 @@ def test_300_images_at_full_speed_become_exactly_300_complete_documents(pipeline
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("image/png")
     assert png_to_pixels(response.content).shape == (32, 32, 3)
+
+
+def current_assignment(log: str) -> set[str] | None:
+    """The partitions a member holds now, from its log: its last assignment, unless revoked since."""
+    events = re.findall(r"INFO iot_shared.kafka: (assigned|revoked) (.*)", log)
+    if not events or events[-1][0] != "assigned":
+        return None
+    return set(events[-1][1].split(", "))
+
+
+def test_inference_scales_out_within_its_consumer_group(pipeline: Pipeline) -> None:
+    members = [pipeline.start("inference"), pipeline.start("inference")]
+    wait_for(
+        "both inference members to hold partitions",
+        lambda: all(current_assignment(m.log_path.read_text()) for m in members),
+        120,
+        pipeline.alive,
+    )
+    held = [current_assignment(m.log_path.read_text()) or set() for m in members]
+    # The 3 partitions of the images topic are split between the two, none held twice.
+    assert not held[0] & held[1]
+    assert held[0] | held[1] == {f"{pipeline.images_topic}[{p}]" for p in range(3)}
+    pipeline.start("sink")
+    pipeline.produce(300)
+    docs = pipeline.wait_for_complete(300, timeout=300)
+    assert len(pipeline.documents()) == 300 == len({d["_id"] for d in docs})
 
 
 def test_whole_test_set_matches_the_reference_model(pipeline: Pipeline, test_set, reference_model) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iot_inference.classifier import Classifier, to_tensor
-from iot_inference.model import WEIGHTS_SHA256, load_resnet20, resnet20
+from iot_inference.model import WEIGHTS_SHA256, fetch_weights, load_resnet20, resnet20
 from iot_shared.errors import DataError
 from iot_shared.schema import CLASSES
 from tests.paths import EXPECTED_ACCURACY
@@ -54,3 +54,20 @@ def test_model_agrees_with_reference_forward_pass_on_the_test_set(
 
 def test_empty_batch_gives_no_predictions(weights_path: Path) -> None:
     assert Classifier(load_resnet20(weights_path)).predict([]) == []
+
+
+def test_weights_are_fetched_once_into_the_cache_and_verified(weights_path: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "checkpoints"
+    path = fetch_weights(cache, url=weights_path.as_uri())
+    assert path == cache / "cifar10_resnet20-4118986f.pt"
+    assert load_resnet20(path).fc.out_features == 10
+    # Cached: the URL is not used again.
+    assert fetch_weights(cache, url="file:///nonexistent/weights.pt") == path
+
+
+def test_download_with_the_wrong_hash_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.pt"
+    torch.save(resnet20().state_dict(), other)
+    with pytest.raises(RuntimeError, match="invalid hash value"):
+        fetch_weights(tmp_path / "cache", url=other.as_uri())
+    assert not (tmp_path / "cache" / "cifar10_resnet20-4118986f.pt").exists()
