@@ -5,7 +5,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
-UV := $(VENV)/bin/uv
+# uv in its own small virtualenv: no root, no PATH or system-Python (PEP 668) assumptions.
+UV := .uv/bin/uv
+UV_VERSION := 0.13.9
 
 COMPOSE_ENV ?= deploy/compose/.env
 COMPOSE := docker compose -p iot-pipeline --env-file $(COMPOSE_ENV) -f deploy/compose/compose.yaml
@@ -15,9 +17,12 @@ COMPOSE := docker compose -p iot-pipeline --env-file $(COMPOSE_ENV) -f deploy/co
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(PY): pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.toml
-	@command -v uv >/dev/null || python3 -m pip install --quiet 'uv>=0.5'
-	uv sync --frozen --all-packages
+$(UV):
+	python3 -m venv .uv
+	.uv/bin/pip install --quiet 'uv==$(UV_VERSION)'
+
+$(PY): $(UV) pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.toml
+	$(UV) sync --frozen --all-packages
 	@touch $(PY)
 
 install: $(PY) tools ## Install the virtualenv, Kafka jars, PouchDB Server and the test tools
