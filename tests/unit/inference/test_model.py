@@ -71,3 +71,8 @@ def test_download_with_the_wrong_hash_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="invalid hash value"):
         fetch_weights(tmp_path / "cache", url=other.as_uri())
     assert not (tmp_path / "cache" / "cifar10_resnet20-4118986f.pt").exists()
+
+
+def test_unreachable_weights_say_how_to_use_a_local_copy(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="set IOT_WEIGHTS to a local copy"):
+        fetch_weights(tmp_path, url="file:///nonexistent/weights.pt")

@@ -81,3 +81,8 @@ def test_download_with_wrong_checksum_keeps_nothing(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="checksum"):
         cifar.download(cache, url=url, md5="0" * 32)
     assert not (cache / cifar.BATCHES_DIR).exists()
+
+
+def test_unreachable_download_says_how_to_use_a_local_copy(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="set IOT_DATA_DIR to a local copy"):
+        cifar.download(tmp_path, url="file:///nonexistent/cifar-10-binary.tar.gz")

@@ -95,7 +95,12 @@ def fetch_weights(cache_dir: Path | None = None, url: str = WEIGHTS_URL) -> Path
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", url)
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=WEIGHTS_SHA256[:8])
+        try:
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=WEIGHTS_SHA256[:8])
+        except OSError as exc:  # URLError is an OSError
+            raise DataError(
+                f"cannot download the model weights from {url} ({exc}); set IOT_WEIGHTS to a local copy"
+            ) from exc
     return path
 
 

@@ -84,8 +84,13 @@ def download(cache_dir: Path, url: str = ARCHIVE_URL, md5: str = ARCHIVE_MD5) ->
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         archive = Path(tmp) / "cifar-10-binary.tar.gz"
         log.info("downloading CIFAR-10 from %s", url)
-        with urllib.request.urlopen(url) as response, archive.open("wb") as out:  # noqa: S310
-            shutil.copyfileobj(response, out)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as out:  # noqa: S310
+                shutil.copyfileobj(response, out)
+        except OSError as exc:  # URLError is an OSError
+            raise DataError(
+                f"cannot download CIFAR-10 from {url} ({exc}); set IOT_DATA_DIR to a local copy"
+            ) from exc
         digest = _md5(archive)
         if digest != md5:
             raise DataError(f"{url}: checksum {digest} does not match the published {md5}")
