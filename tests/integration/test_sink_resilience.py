@@ -151,3 +151,10 @@ def _retries(port: int) -> float:
         if line.startswith("iot_sink_write_retries_total "):
             return float(line.split()[1])
     return 0.0
+
+
+def test_wrong_couchdb_password_stops_the_sink_at_once_with_a_clear_message(pipeline: Pipeline) -> None:
+    sink = pipeline.start("sink", IOT_COUCHDB_PASSWORD="not-the-password")
+    assert sink.wait(60) == 1
+    assert "refused IOT_COUCHDB_USER 'admin' / IOT_COUCHDB_PASSWORD (401)" in sink.log_tail()
+    assert "not-the-password" not in sink.log_path.read_text()
