@@ -1,165 +1,226 @@
 #!/usr/bin/env bash
-# The no-Docker local stack for `make run` and `make test`: ZooKeeper, a Kafka broker (ZooKeeper
-# mode, as on VM2) and PouchDB Server (a CouchDB-API server), each a background process with a
-# pid file and a log under the run dir.
+# The no-Docker local stack for `make run` and `make test`: ZooKeeper, one Kafka broker (ZooKeeper
+# mode, as on VM2) and PouchDB Server (a CouchDB-API server), each a background process with a pid
+# file and a log in the run dir.
 #
-#   stack.sh install | start | stop | status | clean
+#   stack.sh install | start | stop | status | clean      (README.md has the settings)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 RUN_DIR="${IOT_LOCAL_RUN_DIR:-$REPO/.run/local}"
-ZK_PORT="${IOT_LOCAL_ZOOKEEPER_PORT:-2181}"
+[[ "$RUN_DIR" == /* ]] || RUN_DIR="$PWD/$RUN_DIR" # services run from inside it
+ZOOKEEPER_PORT="${IOT_LOCAL_ZOOKEEPER_PORT:-2181}"
 KAFKA_PORT="${IOT_LOCAL_KAFKA_PORT:-9092}"
-COUCH_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
+COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
 COUCH_USER="${IOT_LOCAL_COUCHDB_USER:-admin}"
 COUCH_PASSWORD="${IOT_LOCAL_COUCHDB_PASSWORD:-local-dev-only}"
-LIBS="$HERE/.kafka/libs"
 START_TIMEOUT="${IOT_LOCAL_START_TIMEOUT:-120}"
+STOP_TIMEOUT=30
+LIBS="$HERE/.kafka/libs"
+SERVICES=(zookeeper kafka couchdb) # start order; stop goes in reverse
 
 log() { printf 'stack: %s\n' "$*" >&2; }
+die() {
+  log "$*"
+  exit 1
+}
+
+# ---- install ---------------------------------------------------------------------------------
+
+# A stamp holds the sha256 of the file an install came from, so a changed pom/lock reinstalls.
+stamp_current() { [[ -f "$2" && "$(cat "$2")" == "$(sha256sum <"$1")" ]]; }
 
 install() {
-  # Re-resolve the jars only when pom.xml changed since the last copy.
-  if [[ ! -f "$LIBS/.pom.sha256" ]] || ! sha256sum --status -c "$LIBS/.pom.sha256" 2>/dev/null; then
-    log "resolving Kafka's jars from Maven Central"
-    rm -rf "$LIBS"
-    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies \
-      -DoutputDirectory="$LIBS" -DincludeScope=runtime
-    (cd "$HERE" && sha256sum pom.xml) | sed "s|pom.xml|$HERE/pom.xml|" >"$LIBS/.pom.sha256"
+  if ! stamp_current "$HERE/pom.xml" "$LIBS/.pom.sha256"; then
+    log "resolving Kafka's jars from Maven Central into $LIBS"
+    rm -rf "$LIBS" # no jars of an older version left on the class path
+    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies
+    sha256sum <"$HERE/pom.xml" >"$LIBS/.pom.sha256"
   fi
-  if [[ ! -x "$HERE/node_modules/.bin/pouchdb-server" ]] || [[ "$HERE/package-lock.json" -nt "$HERE/node_modules/.package-lock.json" ]]; then
-    log "installing PouchDB Server from npm"
+  if ! stamp_current "$HERE/package-lock.json" "$HERE/node_modules/.lock.sha256"; then
+    log "installing PouchDB Server from npm into $HERE/node_modules"
     (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
+    sha256sum <"$HERE/package-lock.json" >"$HERE/node_modules/.lock.sha256"
   fi
 }
 
+# ---- processes -------------------------------------------------------------------------------
+
 pid_of() { cat "$RUN_DIR/$1.pid" 2>/dev/null || true; }
 
+# running NAME: the pid file names a live process that is ours (its command line names the run dir),
+# not one that reused the pid after a reboot.
 running() {
   local pid
   pid="$(pid_of "$1")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(ps -ww -o args= -p "$pid" 2>/dev/null)" == *"$RUN_DIR"* ]]
+}
+
+# alive PID: not gone and not a zombie (an exited service waits for init to reap it).
+alive() { [[ "$(ps -o stat= -p "$1" 2>/dev/null)" == [^Z]* ]]; }
+
+port_of() {
+  case "$1" in
+    zookeeper) echo "$ZOOKEEPER_PORT" ;;
+    kafka) echo "$KAFKA_PORT" ;;
+    couchdb) echo "$COUCHDB_PORT" ;;
+  esac
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# wait_for NAME CHECK...: poll CHECK until it succeeds, the process dies, or the deadline passes.
+# Health checks, polled by wait_for; each returns at once.
+zk_4lw() { # zk_4lw WORD: ZooKeeper's answer to a four-letter word (whitelisted in zookeeper.properties)
+  (exec 3<>"/dev/tcp/127.0.0.1/$ZOOKEEPER_PORT" && printf '%s' "$1" >&3 && timeout 2 cat <&3) 2>/dev/null || true
+}
+zookeeper_ok() { [[ "$(zk_4lw ruok)" == imok ]]; }
+broker_registered() { [[ "$(zk_4lw dump)" == *"/brokers/ids/0"* ]]; }
+kafka_ok() { # the port opens before the broker serves; the log line comes after it does
+  port_open "$KAFKA_PORT" && grep -q 'started (kafka.server.KafkaServer)' "$RUN_DIR/kafka.log" 2>/dev/null
+}
+couchdb_ok() { # authenticated: PouchDB Server with an admin crashes on some anonymous requests
+  curl -fs -m 5 -o /dev/null "http://127.0.0.1:$COUCHDB_PORT/" &&
+    curl -fs -m 5 -o /dev/null -u "$COUCH_USER:$COUCH_PASSWORD" "http://127.0.0.1:$COUCHDB_PORT/_all_dbs"
+}
+
+show_log() {
+  log "last lines of $RUN_DIR/$1.log:"
+  tail -n 40 "$RUN_DIR/$1.log" >&2 || true
+}
+
+# wait_for NAME: poll NAME's health check until it passes, the process dies, or the deadline passes.
 wait_for() {
-  local name="$1"
-  shift
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until "$@"; do
+  local name="$1" deadline=$((SECONDS + START_TIMEOUT))
+  until "${name}_ok"; do
     if ! running "$name"; then
-      log "$name exited; last lines of $RUN_DIR/$name.log:"
-      tail -n 40 "$RUN_DIR/$name.log" >&2 || true
+      log "$name exited"
+      show_log "$name"
       return 1
     fi
     if ((SECONDS >= deadline)); then
-      log "$name not ready after ${START_TIMEOUT}s; last lines of $RUN_DIR/$name.log:"
-      tail -n 40 "$RUN_DIR/$name.log" >&2 || true
+      log "$name not ready after ${START_TIMEOUT}s"
+      show_log "$name"
       return 1
     fi
-    sleep 0.2
+    sleep 0.2 # poll interval
   done
 }
 
-launch() { # launch NAME COMMAND...: start in the background, detached, logging to NAME.log
+# launch NAME COMMAND...: run detached in its own session (a Ctrl-C or closed terminal in the
+# caller does not reach it), from the run dir, logging to a fresh NAME.log (the last one kept as .1).
+launch() {
   local name="$1"
   shift
-  nohup "$@" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+  [[ -f "$RUN_DIR/$name.log" ]] && mv -f "$RUN_DIR/$name.log" "$RUN_DIR/$name.log.1"
+  (cd "$RUN_DIR" && exec setsid "$@" >"$RUN_DIR/$name.log" 2>&1 </dev/null) &
   echo $! >"$RUN_DIR/$name.pid"
 }
 
-launch_java() { # launch_java NAME MAIN ARGS...: a JVM sized to leave room for PyTorch
-  local name="$1"
-  shift
-  launch "$name" java -Xms128m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+launch_java() { # launch_java NAME HEAP MAIN ARGS...: a small JVM, to leave room for PyTorch
+  local name="$1" heap="$2"
+  shift 2
+  launch "$name" java "-Xmx$heap" -Xms64m -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j.configuration="file:$HERE/log4j.properties" -Diot.log.file="$RUN_DIR/$name.log" \
     -cp "$LIBS/*" "$@"
 }
 
-start_zookeeper() {
+launch_zookeeper() {
   mkdir -p "$RUN_DIR/zookeeper"
   cat >"$RUN_DIR/zookeeper.properties" <<PROPS
 dataDir=$RUN_DIR/zookeeper
-clientPort=$ZK_PORT
+clientPort=$ZOOKEEPER_PORT
 clientPortAddress=127.0.0.1
 maxClientCnxns=0
 admin.enableServer=false
-4lw.commands.whitelist=ruok
+4lw.commands.whitelist=ruok,dump
 PROPS
-  launch_java zookeeper org.apache.zookeeper.server.quorum.QuorumPeerMain "$RUN_DIR/zookeeper.properties"
-  wait_for zookeeper zookeeper_ok
+  launch_java zookeeper 256m org.apache.zookeeper.server.quorum.QuorumPeerMain "$RUN_DIR/zookeeper.properties"
 }
 
-zookeeper_ok() {
-  local answer
-  answer="$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf 'ruok' >&3 && timeout 2 cat <&3) 2>/dev/null || true)"
-  [[ "$answer" == imok ]]
-}
-
-start_kafka() {
+launch_kafka() {
   mkdir -p "$RUN_DIR/kafka-logs"
   cat >"$RUN_DIR/server.properties" <<PROPS
 broker.id=0
-zookeeper.connect=127.0.0.1:$ZK_PORT
+zookeeper.connect=127.0.0.1:$ZOOKEEPER_PORT
 listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
 log.dirs=$RUN_DIR/kafka-logs
 num.partitions=3
+# One broker: internal topics and writes cannot ask for more than one replica.
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 min.insync.replicas=1
-# Topics are created on purpose (iot-topics); a typo in a topic name must fail, not create one.
+# Topics are created on purpose (iot_shared.topics); a typo in a topic name must fail, not create one.
 auto.create.topics.enable=false
-# One broker, no one else to wait for: let a consumer group form at once.
+# No other member to wait for: let a consumer group form at once.
 group.initial.rebalance.delay.ms=0
 PROPS
-  launch_java kafka kafka.Kafka "$RUN_DIR/server.properties"
-  wait_for kafka kafka_ok
+  # A killed broker's registration (an ephemeral node) outlives it until its ZooKeeper session
+  # expires (up to 18 s); a new broker with the same id exits on finding it, so wait it out.
+  local deadline=$((SECONDS + START_TIMEOUT))
+  if broker_registered; then
+    log "waiting for the last broker's ZooKeeper session to expire"
+    while broker_registered; do
+      ((SECONDS < deadline)) || die "broker 0 still registered in ZooKeeper after ${START_TIMEOUT}s"
+      sleep 0.5
+    done
+  fi
+  launch_java kafka 512m kafka.Kafka "$RUN_DIR/server.properties"
 }
 
-kafka_ok() { port_open "$KAFKA_PORT" && grep -q 'started (kafka.server.KafkaServer)' "$RUN_DIR/kafka.log"; }
+json_escape() { # a shell string as the inside of a JSON string
+  local s="${1//\\/\\\\}"
+  printf '%s' "${s//\"/\\\"}"
+}
 
-start_couchdb() {
+launch_couchdb() {
   mkdir -p "$RUN_DIR/couchdb"
-  # PouchDB Server hashes the password into this file on start; write it fresh each time.
-  printf '{"admins": {"%s": "%s"}, "log": {"file": "%s"}}\n' \
-    "$COUCH_USER" "$COUCH_PASSWORD" "$RUN_DIR/couchdb-requests.log" >"$RUN_DIR/couchdb.json"
-  launch couchdb "$HERE/node_modules/.bin/pouchdb-server" --host 127.0.0.1 --port "$COUCH_PORT" \
+  # PouchDB Server takes its admins from this file (CouchDB's [admins] section) and replaces the
+  # password with its hash on start, so it is written fresh each time. The request log goes to its
+  # own file and not also to stdout (couchdb.log); the CLI flag for that is misparsed, the key works.
+  printf '{"admins": {"%s": "%s"}, "log": {"file": "%s"}, "pouchdb_server": {"no-stdout-logs": true}}\n' \
+    "$(json_escape "$COUCH_USER")" "$(json_escape "$COUCH_PASSWORD")" "$(json_escape "$RUN_DIR/couchdb-requests.log")" \
+    >"$RUN_DIR/couchdb.json"
+  launch couchdb "$HERE/node_modules/.bin/pouchdb-server" --host 127.0.0.1 --port "$COUCHDB_PORT" \
     --dir "$RUN_DIR/couchdb" --config "$RUN_DIR/couchdb.json"
-  wait_for couchdb couchdb_ok
 }
 
-# Always authenticated: PouchDB Server with an admin crashes on some anonymous requests.
-couchdb_ok() { curl -fs -o /dev/null -u "$COUCH_USER:$COUCH_PASSWORD" "http://127.0.0.1:$COUCH_PORT/_all_dbs"; }
+# ---- commands --------------------------------------------------------------------------------
+
+healthy() { running "$1" && "${1}_ok"; }
 
 start() {
   install
   mkdir -p "$RUN_DIR"
-  if running zookeeper && running kafka && running couchdb && kafka_ok && couchdb_ok; then
-    log "already running"
-  else
-    running zookeeper || start_zookeeper
-    running kafka || start_kafka
-    running couchdb || start_couchdb
-  fi
-  log "Kafka bootstrap: 127.0.0.1:$KAFKA_PORT"
-  log "CouchDB: http://127.0.0.1:$COUCH_PORT (user $COUCH_USER)"
+  local name port started=0
+  for name in "${SERVICES[@]}"; do
+    if ! running "$name"; then
+      port="$(port_of "$name")"
+      port_open "$port" && die "port $port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
+      log "starting $name on 127.0.0.1:$port"
+      "launch_$name"
+      started=1
+    fi
+    wait_for "$name" || die "$name did not start; \`$0 stop\` stops what did"
+  done
+  ((started)) || log "already running and healthy"
+  echo "Kafka bootstrap server: 127.0.0.1:$KAFKA_PORT"
+  echo "CouchDB: http://127.0.0.1:$COUCHDB_PORT (user $COUCH_USER)"
+  echo "Logs: $RUN_DIR/{zookeeper,kafka,couchdb}.log"
 }
 
 stop_one() {
-  local name="$1" pid
+  local name="$1" pid deadline
   pid="$(pid_of "$name")"
   if running "$name"; then
     kill -TERM "$pid"
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not stop in 30s; killing it"
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+    if alive "$pid"; then
+      log "$name did not stop in ${STOP_TIMEOUT}s; killing it"
       kill -KILL "$pid" 2>/dev/null || true
     fi
     log "stopped $name"
@@ -168,25 +229,39 @@ stop_one() {
 }
 
 stop() {
-  # Reverse order: the broker deregisters from ZooKeeper before ZooKeeper goes.
-  stop_one couchdb
-  stop_one kafka
-  stop_one zookeeper
+  # Reverse order: the broker shuts down cleanly only while ZooKeeper is still there.
+  local i
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${SERVICES[i]}"; done
 }
 
-status() {
-  local name
-  for name in zookeeper kafka couchdb; do
-    if running "$name"; then echo "$name: running (pid $(pid_of "$name"))"; else echo "$name: stopped"; fi
+status() { # exit 0 when all are running and answering, 3 otherwise
+  local name all=0
+  for name in "${SERVICES[@]}"; do
+    if healthy "$name"; then
+      echo "$name: running (pid $(pid_of "$name"), 127.0.0.1:$(port_of "$name"))"
+    elif running "$name"; then
+      echo "$name: running (pid $(pid_of "$name")) but not answering on 127.0.0.1:$(port_of "$name")"
+      all=3
+    else
+      echo "$name: stopped"
+      all=3
+    fi
   done
+  return "$all"
+}
+
+clean() {
+  stop
+  # Guard against a run dir that points somewhere precious.
+  if [[ "$RUN_DIR" == / || "$RUN_DIR" == "$REPO" || "$RUN_DIR" == "${HOME:-}" ]]; then
+    die "refusing to delete $RUN_DIR"
+  fi
+  rm -rf "$RUN_DIR"
+  log "removed $RUN_DIR"
 }
 
 case "${1:-}" in
-  install) install ;;
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  clean) stop && rm -rf "$RUN_DIR" ;;
+  install | start | stop | status | clean) "$1" ;;
   *)
     echo "usage: $0 install|start|stop|status|clean" >&2
     exit 2
