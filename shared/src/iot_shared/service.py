@@ -15,7 +15,7 @@ from iot_shared.settings import ServiceSettings, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
 
 
 def run_service(
