@@ -12,12 +12,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 from confluent_kafka import Consumer, Producer
@@ -25,8 +23,7 @@ from confluent_kafka import Consumer, Producer
 from iot_shared.kafka import ensure_topics
 from iot_shared.settings import ServiceSettings
 from tests.paths import CIFAR_DIR, WEIGHTS
-
-T = TypeVar("T")
+from tests.waiting import wait_for
 
 
 @dataclass(frozen=True)
@@ -44,27 +41,6 @@ class Stack:
             timeout=60,
             **kwargs,
         )
-
-
-def wait_for(
-    what: str,
-    probe: Callable[[], T | None],
-    timeout: float,
-    alive: Callable[[], None] = lambda: None,
-) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds.
-
-    `alive` is checked on every round so a crashed service fails the test at once, with its log.
-    """
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        alive()
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class Service:

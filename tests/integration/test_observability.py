@@ -13,10 +13,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Pipeline, Service, Stack, wait_for
+from tests.integration.harness import Pipeline, Service, Stack
 from tests.integration.test_dead_letters import BAD_IMAGES
 from tests.paths import REPO
 from tests.ports import free_port
+from tests.waiting import wait_for
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
 IMAGES = 400
