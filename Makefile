@@ -9,10 +9,21 @@ STACK := deploy/local/stack.sh
 UV := .uv/bin/uv
 UV_VERSION := 0.13.9
 
+# Compose: `docker compose` (v2) if installed, else docker-compose (v1), else podman-compose.
+# COMPOSE_ENV: the settings file (a test points it elsewhere, so a user's .env is never touched).
 COMPOSE_ENV ?= deploy/compose/.env
-COMPOSE := docker compose -p iot-pipeline --env-file $(COMPOSE_ENV) -f deploy/compose/compose.yaml
+COMPOSE_DIR := deploy/compose
+COMPOSE_CMD ?= $(shell if docker compose version >/dev/null 2>&1; then echo docker compose; \
+  elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; \
+  elif command -v podman-compose >/dev/null 2>&1; then echo podman-compose; fi)
+COMPOSE = $(COMPOSE_CMD) -p iot-pipeline --env-file $(COMPOSE_ENV) -f $(COMPOSE_DIR)/compose.yaml
+# `make up WEIGHTS_DIR=<folder> CIFAR_DIR=<folder>`: build from local copies (Compose v2 + BuildKit).
+COMPOSE_LOCAL_DATA = $(if $(WEIGHTS_DIR),-f $(COMPOSE_DIR)/compose.weights-dir.yaml) \
+  $(if $(CIFAR_DIR),-f $(COMPOSE_DIR)/compose.cifar-dir.yaml)
+# make up refuses these when unset, empty or still .env.example's placeholder.
+COMPOSE_SECRETS := COUCHDB_PASSWORD GRAFANA_ADMIN_PASSWORD
 
-.PHONY: help install tools run stop test test-unit lint fmt clean up down logs ps compose-env
+.PHONY: help install tools deploy-tools run stop test test-deploy test-unit lint fmt clean up down logs ps compose-env compose-secrets compose-local-data
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -28,16 +39,28 @@ $(PY): $(UV) pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.t
 install: $(PY) tools ## Install the virtualenv, Kafka jars, PouchDB Server and the test tools
 	$(STACK) install
 
-# Debian packages the tests use: a real Prometheus, and docker-compose to validate the stack.
-DEBIAN_TOOLS := prometheus docker-compose
-tools:
-	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "please install (Debian/Ubuntu: sudo apt-get install$$missing); the tests need them" >&2; exit 1; fi; \
-	fi
+# Debian packages the tests use, as command:package: a real Prometheus, docker-compose to
+# validate the stack; and for `make test-deploy` the container engines, mmdebstrap and a registry.
+DEBIAN_TOOLS := prometheus:prometheus docker-compose:docker-compose
+DEPLOY_TOOLS := podman:podman buildah:buildah runc:runc /usr/lib/podman/netavark:netavark \
+	/usr/lib/podman/aardvark-dns:aardvark-dns mmdebstrap:mmdebstrap dockerd:docker.io \
+	docker-registry:docker-registry ssh-keygen:openssh-client iptables:iptables
+tools: ## Install the Debian packages `make test` needs (as root)
+	@$(call apt_tools,$(DEBIAN_TOOLS))
+
+deploy-tools: ## Install the Debian packages `make test-deploy` needs (as root)
+	@$(call apt_tools,$(DEBIAN_TOOLS) $(DEPLOY_TOOLS))
+
+define apt_tools
+missing=""; for pair in $(1); do tool=$${pair%%:*}; \
+  { [ -x "$$tool" ] || command -v "$$tool" >/dev/null; } || missing="$$missing $${pair#*:}"; done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+    echo "installing Debian packages:$$missing"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+  else echo "please install (Debian/Ubuntu: sudo apt-get install$$missing); the tests need them" >&2; exit 1; fi; \
+fi
+endef
 
 run: install ## Start Kafka + CouchDB-API locally, run the pipeline on 6 images, leave it running
 	$(STACK) start
@@ -50,6 +73,9 @@ stop: ## Stop everything `make run` started
 test: install lint ## Lint, start the real services, run the whole suite, stop them
 	$(STACK) start
 	$(PY) -m pytest tests; status=$$?; $(STACK) stop; exit $$status
+
+test-deploy: install deploy-tools ## Run the deployments for real: site.yml on four systemd hosts, `make up` (root, ~40 min)
+	$(PY) -m pytest tests/e2e
 
 test-unit: $(PY) ## Unit tests only (no services)
 	$(PY) -m pytest tests/unit
@@ -66,10 +92,12 @@ fmt: $(PY) ## Format and fix what ruff can
 clean: ## Stop services and remove local data
 	$(STACK) clean
 
-up: compose-env ## Docker: build the images and start the whole stack (Kafka, CouchDB, services, Prometheus, Grafana)
-	$(COMPOSE) up -d --build
-	@echo "Grafana http://localhost:3000 (admin / GRAFANA_ADMIN_PASSWORD), Prometheus http://localhost:9090,"
+up: compose-env compose-secrets compose-local-data ## Docker: build the images and start the stack (Kafka, CouchDB, services, Prometheus, Grafana)
+	$(if $(WEIGHTS_DIR),WEIGHTS_DIR=$(abspath $(WEIGHTS_DIR))) $(if $(CIFAR_DIR),CIFAR_DIR=$(abspath $(CIFAR_DIR))) \
+	  $(COMPOSE) $(COMPOSE_LOCAL_DATA) up -d --build
+	@echo "Prometheus http://localhost:9090, Grafana http://localhost:3000 (admin / GRAFANA_ADMIN_PASSWORD; profile grafana),"
 	@echo "CouchDB http://localhost:5984/_utils; images stored: curl -u admin:<COUCHDB_PASSWORD> 'http://localhost:5984/img_db/_all_docs?include_docs=true'"
+	@echo "(default host ports: *_HOST_PORT in $(COMPOSE_ENV) changes them)"
 
 down: compose-env ## Docker: stop and remove the stack (data volumes kept; `make down V=1` removes them too)
 	$(COMPOSE) down $(if $(V),--volumes)
@@ -81,4 +109,24 @@ ps: compose-env ## Docker: list the stack's containers and their health
 	$(COMPOSE) ps
 
 compose-env:
+	@test -n "$(COMPOSE_CMD)" || { echo "no Compose found: install Docker's Compose plugin (docker compose), docker-compose or podman-compose" >&2; exit 1; }
 	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing: cp deploy/compose/.env.example deploy/compose/.env and set the passwords in it" >&2; exit 1; }
+
+# A value set in the environment wins over the file, as in Compose itself.
+compose-secrets: compose-env
+	@for var in $(COMPOSE_SECRETS); do \
+	  if [ -n "$${!var+set}" ]; then value="$${!var}"; \
+	  else value="$$(sed -n "s/^[[:space:]]*$$var[[:space:]]*=[[:space:]]*//p" $(COMPOSE_ENV) | tail -n 1)"; fi; \
+	  value="$${value%\"}"; value="$${value#\"}"; value="$${value%\'}"; value="$${value#\'}"; \
+	  placeholder="$$(sed -n "s/^$$var=//p" $(COMPOSE_DIR)/.env.example)"; \
+	  if [ -z "$$value" ]; then echo "$(COMPOSE_ENV): $$var is empty; set a password of your own" >&2; exit 1; fi; \
+	  if [ "$$value" = "$$placeholder" ]; then \
+	    echo "$(COMPOSE_ENV): $$var is still the .env.example placeholder; set a password of your own" >&2; exit 1; fi; \
+	done
+
+compose-local-data:
+ifneq ($(WEIGHTS_DIR)$(CIFAR_DIR),)
+	@case "$(COMPOSE_CMD)" in "docker compose") ;; *) echo "WEIGHTS_DIR/CIFAR_DIR need Compose v2 (docker compose) with BuildKit;" \
+	  "with $(COMPOSE_CMD), serve the files over HTTP and set WEIGHTS_URL/CIFAR_URL in $(COMPOSE_ENV) instead" >&2; exit 1;; esac
+	@for dir in $(WEIGHTS_DIR) $(CIFAR_DIR); do test -d "$$dir" || { echo "$$dir is not a folder" >&2; exit 1; }; done
+endif
