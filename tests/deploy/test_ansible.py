@@ -8,6 +8,10 @@
 
 Secrets: a secret may appear in a file named `secrets.env` (mode 0600, root-only on the VM,
 passed with `docker run --env-file`) and in no other rendered file, nor in Ansible's output.
+
+The main render sets `iot_controller_address` (in a real run each VM reads it from Ansible's SSH
+connection), so the admin ports have a source; other renders change settings that do not touch
+each other.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import stat
 import subprocess
@@ -37,6 +42,7 @@ ANSIBLE = REPO / "deploy" / "ansible"
 INVENTORY = ANSIBLE / "inventory.example.ini"
 SITE = ANSIBLE / "site.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
+CONTROLLER = "198.51.100.7"  # RFC 5737 documentation address
 
 SERVICES: dict[str, tuple[type[ServiceSettings], int]] = {
     "producer": (ProducerSettings, 8001),
@@ -233,9 +239,49 @@ def secret_values() -> Secrets:
 @pytest.fixture(scope="module")
 def rendered(ansible_home: Path, tmp_path_factory: pytest.TempPathFactory, secret_values: Secrets) -> Render:
     out = tmp_path_factory.mktemp("render")
-    result = render_site(ansible_home, out, secret_values.extra_vars)
+    result = render_site(
+        ansible_home, out, {**secret_values.extra_vars, "iot_controller_address": CONTROLLER}
+    )
     assert result.returncode == 0, output(result)
     return Render(out, result.stdout + result.stderr)
+
+
+def render_limited(home: Path, out: Path, extra_vars: dict[str, Any], limit: str) -> Render:
+    result = render_site(home, out, extra_vars, "--limit", limit)
+    assert result.returncode == 0, output(result)
+    return Render(out, result.stdout + result.stderr)
+
+
+REGISTRY = "10.89.0.1:5000"  # a local registry over plain HTTP, as the deployment test uses
+VARIED = {
+    "iot_producer_count": 7,
+    "monitoring_grafana_enabled": False,
+    "iot_admin_extra_sources": ["192.0.2.0/24"],
+    "docker_insecure_registries": [REGISTRY],
+    "couchdb_image": f"{REGISTRY}/standins/couchdb:3.4.2",
+    "monitoring_prometheus_image": f"{REGISTRY}/standins/prometheus:v3.1.0",
+}
+
+
+@pytest.fixture(scope="module")
+def varied(ansible_home: Path, tmp_path_factory: pytest.TempPathFactory, secret_values: Secrets) -> Render:
+    """VM1 and VM4 rendered with VARIED (settings that do not touch each other), and without a
+    Grafana password: with Grafana off none is needed."""
+    extra = {k: v for k, v in secret_values.extra_vars.items() if k != "vault_grafana_admin_password"}
+    return render_limited(
+        ansible_home,
+        tmp_path_factory.mktemp("varied"),
+        {**extra, "iot_controller_address": CONTROLLER, **VARIED},
+        "producer,sink",
+    )
+
+
+def exec_starts(unit: str) -> list[list[str]]:
+    """Each ExecStart= of a systemd unit as words (continuation lines joined, quotes removed)."""
+    return [
+        shlex.split(m.group(1).replace("\\\n", " "))
+        for m in re.finditer(r"^ExecStart=(.*?)(?<!\\)$", unit, re.M | re.S)
+    ]
 
 
 # --- static checks -----------------------------------------------------------------------
@@ -305,7 +351,10 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
         inventory.host("broker"): common
         | {
             "/etc/kafka/server.properties",
+            "/etc/kafka/kafka-log4j.properties",
             "/etc/kafka/zookeeper.properties",
+            "/etc/kafka/zookeeper-log4j.properties",
+            "/etc/kafka/tools-log4j.properties",
             "/etc/systemd/system/kafka.service",
             "/etc/systemd/system/zookeeper.service",
         },
@@ -342,6 +391,8 @@ def test_kafka_advertises_and_connects_to_zookeeper_on_the_broker_address(
     assert props["log.dirs"] == "/var/lib/kafka/data"
     zk = read_properties(rendered.file(inventory.host("broker"), "/etc/kafka/zookeeper.properties"))
     assert zk["clientPort"] == "2181"
+    # ZooKeeper listens on the broker VM's address only, where Kafka connects to it.
+    assert zk["clientPortAddress"] == broker
     assert zk["admin.enableServer"] == "false"
 
 
@@ -353,9 +404,51 @@ def test_kafka_and_zookeeper_run_as_systemd_units_under_a_dedicated_user(
     zookeeper = rendered.file(broker, "/etc/systemd/system/zookeeper.service").read_text()
     for unit in (kafka, zookeeper):
         assert "\nUser=kafka\n" in unit and "\nGroup=kafka\n" in unit
-    assert "ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties" in kafka
     assert "Requires=zookeeper.service" in kafka and "After=zookeeper.service" in kafka
-    assert "ExecStart=/opt/kafka/bin/zookeeper-server-start.sh /etc/kafka/zookeeper.properties" in zookeeper
+
+
+@pytest.mark.parametrize(
+    ("unit", "main_class", "config", "log4j"),
+    [
+        ("kafka", "kafka.Kafka", "server.properties", "kafka-log4j.properties"),
+        ("zookeeper", "org.apache.zookeeper.server.quorum.QuorumPeerMain", "zookeeper.properties",
+         "zookeeper-log4j.properties"),
+    ],
+)  # fmt: skip
+def test_kafka_units_run_java_on_the_release_jars_without_its_scripts(
+    rendered: Render, inventory: Inventory, unit: str, main_class: str, config: str, log4j: str
+) -> None:
+    """Only the release's libs/ is used: an archive without bin/ (one made from Maven's jars) runs too."""
+    text = rendered.file(inventory.host("broker"), f"/etc/systemd/system/{unit}.service").read_text()
+    (command,) = exec_starts(text)
+    assert "/opt/kafka/bin" not in text and not [word for word in command if word.endswith(".sh")]
+    assert command[0] == "/usr/bin/java"
+    # systemd passes the wildcard on unexpanded, and java expands it.
+    assert command[command.index("-cp") + 1] == "/opt/kafka/libs/*"
+    assert command[-2:] == [main_class, f"/etc/kafka/{config}"]
+    assert f"-Dlog4j.configuration=file:/etc/kafka/{log4j}" in command
+    assert {"$KAFKA_HEAP_OPTS", "$KAFKA_JVM_OPTS"} <= set(command)
+    assert re.search(r'^Environment="KAFKA_HEAP_OPTS=-Xms\S+ -Xmx\S+"$', text, re.M), text
+
+
+def log4j_files(properties: dict[str, str]) -> set[str]:
+    return {value for key, value in properties.items() if key.endswith(".File")}
+
+
+def test_zookeeper_and_kafka_log_to_their_own_files(rendered: Render, inventory: Inventory) -> None:
+    broker = inventory.host("broker")
+    kafka = read_properties(rendered.file(broker, "/etc/kafka/kafka-log4j.properties"))
+    zookeeper = read_properties(rendered.file(broker, "/etc/kafka/zookeeper-log4j.properties"))
+    assert "/var/log/kafka/server.log" in log4j_files(kafka)
+    assert log4j_files(zookeeper) == {"/var/log/kafka/zookeeper.log"}
+    assert not log4j_files(kafka) & log4j_files(zookeeper)
+    for props in (kafka, zookeeper):
+        # Files roll: nothing grows without bound. The journal gets warnings and errors.
+        appenders = {key.split(".")[2] for key in props if key.endswith(".File")}
+        assert all(props[f"log4j.appender.{a}"] == "org.apache.log4j.RollingFileAppender" for a in appenders)
+        assert props["log4j.appender.console"] == "org.apache.log4j.ConsoleAppender"
+    tools = read_properties(rendered.file(broker, "/etc/kafka/tools-log4j.properties"))
+    assert tools["log4j.appender.stderr.Target"] == "System.err", "tool output on stdout is parsed"
 
 
 def test_kraft_mode_drops_zookeeper_and_keeps_the_broker_address(
@@ -373,7 +466,9 @@ def test_kraft_mode_drops_zookeeper_and_keeps_the_broker_address(
     assert props["controller.quorum.voters"] == f"1@{broker}:9093"
     assert props["advertised.listeners"] == f"PLAINTEXT://{broker}:9092"
     assert "zookeeper.connect" not in props
-    assert "zookeeper" not in render.file(host, "/etc/systemd/system/kafka.service").read_text()
+    unit = render.file(host, "/etc/systemd/system/kafka.service").read_text()
+    assert "zookeeper" not in unit
+    assert exec_starts(unit)[0][-2:] == ["kafka.Kafka", "/etc/kafka/server.properties"]
 
 
 def service_env(rendered: Render, inventory: Inventory, name: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -449,6 +544,52 @@ def test_each_service_container_gets_its_env_files(rendered: Render, inventory: 
     assert ("RemainAfterExit=yes" in unit) == (name == "producer")
 
 
+def producer_marker(unit: str) -> str:
+    """The done-marker the producer's unit writes after a successful run (its last ExecStart)."""
+    last = exec_starts(unit)[-1]
+    assert last[0] == "/usr/bin/touch" and len(last) == 2, last
+    assert re.fullmatch(r"/var/lib/iot/producer/done-[0-9a-f]{16}", last[1]), last
+    return last[1]
+
+
+def test_producer_runs_once_and_is_not_started_at_boot(rendered: Render, inventory: Inventory) -> None:
+    """A oneshot: a reboot does not start it (the role never enables it), `systemctl start` sends
+    again, and the marker of a successful run keeps later deploys from starting it again."""
+    unit = rendered.file(inventory.host("producer"), "/etc/systemd/system/iot-producer.service").read_text()
+    assert "\nType=oneshot\n" in unit and "\nRemainAfterExit=yes\n" in unit
+    assert "\nRestart=" not in unit
+    assert "\nStateDirectory=iot/producer\n" in unit
+    run, touch = exec_starts(unit)
+    assert run[:2] == ["/usr/bin/docker", "run"]
+    assert touch == ["/usr/bin/touch", producer_marker(unit)]
+    # Not the marker's condition: started by hand, it runs again.
+    assert "Condition" not in unit
+    for name in ("inference", "sink"):
+        other = rendered.file(inventory.host(name), f"/etc/systemd/system/iot-{name}.service").read_text()
+        assert "\nType=exec\n" in other and "\nRestart=always\n" in other and "done-" not in other
+    # What render-only mode cannot show, from the role itself: nothing enables a one-shot unit.
+    role = ANSIBLE / "roles" / "service"
+    steps = [
+        step["ansible.builtin.systemd_service"] | {"when": step.get("when")}
+        for path in (role / "tasks" / "deploy.yml", role / "handlers" / "main.yml")
+        for step in yaml.safe_load(path.read_text())
+        if "ansible.builtin.systemd_service" in step
+    ]
+    for step in steps:
+        if step.get("enabled") is True:
+            assert step["when"] == "not service_oneshot | bool", step
+    assert any(step.get("enabled") is False and step["when"] == "service_oneshot | bool" for step in steps)
+    handler = next(step for step in steps if step.get("state") == "restarted")
+    assert handler["enabled"] == "{{ not (service_oneshot | bool) }}"
+
+
+def test_producer_marker_follows_its_settings(rendered: Render, varied: Render, inventory: Inventory) -> None:
+    host, unit = inventory.host("producer"), "/etc/systemd/system/iot-producer.service"
+    assert read_env_file(varied.file(host, "/etc/iot/producer/producer.env"))["IOT_COUNT"] == "7"
+    before, after = (producer_marker(r.file(host, unit).read_text()) for r in (rendered, varied))
+    assert before != after, "new settings must run the producer again"
+
+
 def test_no_secret_appears_outside_the_secrets_files(rendered: Render, secret_values: Secrets) -> None:
     seen: dict[str, list[str]] = {name: [] for name in secret_values.all()}
     for path in rendered.root.rglob("*"):
@@ -500,6 +641,14 @@ def firewall_ports(rendered: Render, host: str) -> dict[int, str]:
     return ports
 
 
+def rule_sources(rule: str) -> set[str]:
+    """The source addresses of one port's rule; it must be one `ip saddr { ... }` line."""
+    assert rule.count("\n") == 1 and "ip6" not in rule, rule
+    match = re.search(r"^ip saddr \{ (.*?) \} tcp dport \d+ accept", rule)
+    assert match, f"open to everyone: {rule}"
+    return set(match.group(1).split(", "))
+
+
 def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory: Inventory) -> None:
     expected = {
         "producer": {22, 8001},
@@ -513,10 +662,55 @@ def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory
         assert "policy drop;" in text
         assert "flush ruleset" not in text, "would wipe Docker's rules"
     # Kafka (plaintext) accepts the pipeline VMs only.
-    kafka_rule = firewall_ports(rendered, inventory.host("broker"))[9092]
-    assert kafka_rule.count("\n") == 1, kafka_rule
-    sources = set(re.search(r"ip saddr \{ (.*?) \}", kafka_rule).group(1).split(", "))  # type: ignore[union-attr]
-    assert sources == set(inventory.addresses.values())
+    assert rule_sources(firewall_ports(rendered, inventory.host("broker"))[9092]) == set(
+        inventory.addresses.values()
+    )
+
+
+def test_firewall_opens_admin_ports_to_the_controller_not_to_everyone(
+    rendered: Render, inventory: Inventory
+) -> None:
+    """Only SSH is open to everyone; each other port to the VMs that use it and the controller."""
+    monitoring, sink = inventory.address("monitoring"), inventory.address("sink")
+    expected = {
+        ("producer", 8001): {monitoring, CONTROLLER},
+        ("inference", 8002): {monitoring, CONTROLLER},
+        ("sink", 8003): {monitoring, CONTROLLER},
+        ("couchdb", 5984): {sink, CONTROLLER},
+        ("monitoring", 3000): {CONTROLLER},
+        ("monitoring", 9090): {CONTROLLER},
+    }
+    for (group, port), sources in expected.items():
+        assert rule_sources(firewall_ports(rendered, inventory.host(group))[port]) == sources, (group, port)
+    for host in inventory.addresses:
+        text = rendered.file(host, "/etc/iot/firewall.nft").read_text()
+        assert "0.0.0.0/0" not in text and "::/0" not in text and "meta nfproto" not in text, host
+        assert firewall_ports(rendered, host)[22] == 'tcp dport 22 accept comment "SSH"\n'
+
+
+def test_admin_only_ports_stay_closed_while_the_controller_is_unknown(
+    ansible_home: Path, tmp_path: Path, inventory: Inventory, secret_values: Secrets
+) -> None:
+    """No SSH connection to read it from (render-only) and none set: an empty source list must
+    not turn into "everyone" (the firewall role's meaning of no sources)."""
+    result = render_site(
+        ansible_home, tmp_path, secret_values.extra_vars, "--limit", "sink", "--tags", "firewall"
+    )
+    assert result.returncode == 0, output(result)
+    ports = firewall_ports(Render(tmp_path, ""), inventory.host("sink"))
+    assert set(ports) == {22, 8003, 5984}
+    assert rule_sources(ports[8003]) == {inventory.address("monitoring")}
+    assert rule_sources(ports[5984]) == {inventory.address("sink")}
+
+
+def test_admin_sources_can_be_widened(varied: Render, inventory: Inventory) -> None:
+    wider = {CONTROLLER, "192.0.2.0/24"}
+    assert rule_sources(firewall_ports(varied, inventory.host("producer"))[8001]) == wider | {
+        inventory.address("monitoring")
+    }
+    ports = firewall_ports(varied, inventory.host("sink"))
+    assert rule_sources(ports[9090]) == wider
+    assert rule_sources(ports[5984]) == wider | {inventory.address("sink")}
 
 
 def test_prometheus_scrapes_every_service_on_its_vm(rendered: Render, inventory: Inventory) -> None:
@@ -543,3 +737,25 @@ def test_grafana_provisions_the_same_dashboard_as_compose(rendered: Render, inve
     assert datasource["datasources"][0]["type"] == "prometheus"
     unit = rendered.file(host, "/etc/systemd/system/grafana.service").read_text()
     assert "--volume /etc/iot/grafana/dashboards:/etc/grafana/dashboards:ro" in unit
+
+
+def test_grafana_can_be_switched_off(varied: Render, inventory: Inventory) -> None:
+    """monitoring_grafana_enabled=false: no Grafana file, unit or port, and no Grafana password
+    needed; Prometheus as before."""
+    host = inventory.host("monitoring")
+    files = varied.files(host)
+    assert not [f for f in files if "grafana" in f], sorted(files)
+    assert "/etc/systemd/system/prometheus.service" in files
+    assert set(firewall_ports(varied, host)) == {22, 8003, 5984, 9090}
+
+
+def test_images_can_come_from_a_plain_http_registry(varied: Render, inventory: Inventory) -> None:
+    host = inventory.host("monitoring")
+    prometheus = exec_starts(varied.file(host, "/etc/systemd/system/prometheus.service").read_text())[0]
+    assert f"{REGISTRY}/standins/prometheus:v3.1.0" in prometheus
+    couchdb = exec_starts(varied.file(host, "/etc/systemd/system/couchdb.service").read_text())[0]
+    assert couchdb[-1] == f"{REGISTRY}/standins/couchdb:3.4.2"
+    for name in ("producer", "sink"):
+        daemon = json.loads(varied.file(inventory.host(name), "/etc/docker/daemon.json").read_text())
+        assert daemon["insecure-registries"] == [REGISTRY]
+        assert daemon["log-opts"] == {"max-size": "10m", "max-file": "3"}, "the defaults stay"
