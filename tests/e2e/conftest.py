@@ -1,0 +1,202 @@
+"""The deployment under test: four hosts, a registry, Kafka's release, two ansible-playbook runs.
+
+Everything here is session-scoped and torn down at the end of the session, also when a test or
+a fixture fails (hosts, network, registry, dockerd).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e import standins
+from tests.e2e.ansible import PlaybookRun, run_playbook, write_inventory
+from tests.e2e.build_inputs import build_args
+from tests.e2e.cache import cache_dir
+from tests.e2e.engines import Dockerd, private_dockerd
+from tests.e2e.hosts import GATEWAY, Host, hosts
+from tests.e2e.kafka_release import build_kafka_release
+from tests.e2e.python_base import import_base_image
+from tests.e2e.servers import file_server, registry
+from tests.paths import REPO
+
+KAFKA_LIBS = REPO / "deploy" / "local" / ".kafka" / "libs"
+KAFKA_CLASSPATH = "/opt/kafka/libs/*"
+IMAGES_SENT = 6
+ROLES = ("producer", "inference", "sink")
+REGISTRY_PORT = 5000
+REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
+IMAGE_TAG = "e2e"
+BUILD_TIMEOUT_S = 3600  # the first inference build downloads PyPI's torch with its CUDA libraries
+
+
+@dataclass
+class Deployment:
+    hosts: dict[str, Host]
+    first_run: PlaybookRun
+    second_run: PlaybookRun
+    secrets: list[str]
+    couchdb_password: str
+    images: int = IMAGES_SENT
+
+    @property
+    def couchdb_url(self) -> str:
+        return f"http://{self.hosts['vm4'].address}:5984"
+
+    @property
+    def couchdb_auth(self) -> tuple[str, str]:
+        return ("admin", self.couchdb_password)
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.hosts['vm4'].address}:9090"
+
+    def kafka_tool(self, main_class: str, *args: str) -> str:
+        """A Kafka command-line tool, run on the broker VM against its own listener."""
+        vm2 = self.hosts["vm2"]
+        quoted = " ".join(f"'{a}'" for a in args)
+        return vm2.sh(
+            f"java -Dlog4j.configuration=file:/etc/kafka/tools-log4j.properties -cp '{KAFKA_CLASSPATH}'"
+            f" {main_class} --bootstrap-server {vm2.address}:9092 {quoted}",
+            timeout=120,
+        )
+
+    def topics(self) -> set[str]:
+        return set(self.kafka_tool("org.apache.kafka.tools.TopicCommand", "--list").split())
+
+    def images_topic_size(self) -> int:
+        """Records ever written to iot-topic (sum of the partitions' end offsets)."""
+        lines = self.kafka_tool("org.apache.kafka.tools.GetOffsetShell", "--topic", "iot-topic").split()
+        return sum(int(line.rsplit(":", 1)[1]) for line in lines)
+
+    def ready(self, host: str, port: int) -> bool:
+        try:
+            url = f"http://{self.hosts[host].address}:{port}/readyz"
+            return requests.get(url, timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("deploy")
+
+
+@pytest.fixture(scope="session")
+def testbed(workdir: Path) -> Iterator[dict[str, Host]]:
+    (workdir / "ssh").mkdir()
+    with hosts(workdir / "ssh") as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """The private Docker daemon that builds the images (and runs `make up`).
+
+    Its data root is kept between sessions for the build cache. Each session's images and their
+    `deps` stages (torch) are tagged (`project_images`); the untagged rest, such as older builds,
+    is removed at the end, so the disk holds one generation of images, not one per run.
+    """
+    with private_dockerd([REGISTRY]) as engine:
+        yield engine
+        engine.docker("image", "prune", "--force", check=False)
+
+
+@pytest.fixture(scope="session")
+def image_build_args(dockerd: Dockerd, workdir: Path) -> Iterator[dict[str, str]]:
+    """Build arguments of the project images here (build_inputs.py says why each)."""
+    base = import_base_image(dockerd.command, dockerd.env)
+    with build_args(base, workdir) as args:
+        yield args
+
+
+@pytest.fixture(scope="session")
+def project_images(dockerd: Dockerd, image_build_args: dict[str, str]) -> list[str]:
+    """iot-producer, iot-inference, iot-sink :latest, built from the unchanged Dockerfiles.
+
+    Each one's `deps` stage is tagged too (iot-<role>-deps:cache), so that the cleanup at the
+    end of the session keeps the cache of its virtualenv (gigabytes of torch) for the next.
+    """
+    args = [f"--build-arg={key}={value}" for key, value in image_build_args.items()]
+    built = []
+    for role in ROLES:
+        for target, tag in (("deps", f"iot-{role}-deps:cache"), (None, f"iot-{role}:latest")):
+            dockerd.docker(
+                "build", "--tag", tag, *(["--target", target] if target else []),
+                "--file", f"services/{role}/Dockerfile", *args, str(REPO),
+                timeout=BUILD_TIMEOUT_S,
+            )  # fmt: skip
+        built.append(f"iot-{role}:latest")
+    return built
+
+
+@pytest.fixture(scope="session")
+def pushed_images(dockerd: Dockerd, image_registry: str, project_images: list[str]) -> dict[str, Any]:
+    """The project's images and the CouchDB and Prometheus stand-ins, pushed to the test
+    registry; the role variables that make the hosts pull them from there."""
+
+    def push(local: str, remote: str) -> str:
+        dockerd.docker("tag", local, remote)
+        dockerd.docker("push", remote, timeout=BUILD_TIMEOUT_S)
+        return remote
+
+    for image in project_images:
+        push(image, f"{image_registry}/iot/{image.split(':')[0]}:{IMAGE_TAG}")
+    couchdb = standins.ensure_image(standins.COUCHDB, dockerd.command, dockerd.env)
+    prometheus = standins.ensure_image(standins.PROMETHEUS, dockerd.command, dockerd.env)
+    return {
+        "iot_image_source": "pull",
+        "iot_image_registry": f"{image_registry}/iot",
+        "iot_image_tag": IMAGE_TAG,
+        "docker_insecure_registries": [image_registry],
+        "couchdb_image": push(couchdb, f"{image_registry}/standins/couchdb:3.4.2"),
+        "monitoring_prometheus_image": push(prometheus, f"{image_registry}/standins/prometheus:v3.1.0"),
+    }
+
+
+@pytest.fixture(scope="session")
+def image_registry(testbed: dict[str, Host]) -> Iterator[str]:
+    """host:port of a registry on the test network's gateway (the hosts need the bridge up)."""
+    with registry(cache_dir("registry"), GATEWAY, REGISTRY_PORT) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def kafka_download(testbed: dict[str, Host], workdir: Path) -> Iterator[dict[str, str]]:
+    """Kafka's release, assembled from Maven Central's jars, served to the broker VM over HTTP."""
+    served = workdir / "downloads"
+    served.mkdir()
+    tarball, sha512 = build_kafka_release(KAFKA_LIBS, served)
+    with file_server(served, GATEWAY) as base_url:
+        yield {"kafka_archive_url": f"{base_url}/{tarball.name}", "kafka_archive_sha512": sha512}
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    testbed: dict[str, Host],
+    workdir: Path,
+    kafka_download: dict[str, str],
+    pushed_images: dict[str, Any],
+) -> Deployment:
+    """site.yml, unchanged, run twice against the four hosts."""
+    couchdb_password = secrets.token_urlsafe(18)
+    grafana_password = secrets.token_urlsafe(18)
+    write_inventory(workdir / "inventory.ini", testbed, workdir / "ssh" / "id_ed25519")
+    extra_vars: dict[str, Any] = {
+        "vault_couchdb_admin_password": couchdb_password,
+        "vault_grafana_admin_password": grafana_password,
+        **kafka_download,
+        **pushed_images,
+        "docker_install_source": "distro",
+        "monitoring_grafana_enabled": False,
+        "iot_producer_interval_seconds": 1,
+    }
+    first = run_playbook(workdir / "inventory.ini", extra_vars, workdir)
+    second = run_playbook(workdir / "inventory.ini", extra_vars, workdir) if first.returncode == 0 else first
+    return Deployment(testbed, first, second, [couchdb_password, grafana_password], couchdb_password)

@@ -1,0 +1,262 @@
+"""Stand-ins for the third-party images of the Compose stack, which cannot be pulled here.
+
+No registry is reachable from this machine (no Docker Hub), so `couchdb`, `prom/prometheus` and
+`confluentinc/cp-zookeeper` / `cp-kafka` are replaced, for the tests only, by images made from
+Debian bookworm (mmdebstrap, variant minbase, plus the packages named below) and the project's
+own Maven and npm installs (`make install`: `deploy/local/.kafka/libs`, `deploy/local/node_modules`).
+Each root filesystem is cached as a tarball (`tests.e2e.rootfs`, keyed by what goes in) and
+imported into an engine (`docker import` / `podman import` with `--change`) under a name the
+test gives Compose through `KAFKA_IMAGE`, `ZOOKEEPER_IMAGE`, `COUCHDB_IMAGE`, `PROMETHEUS_IMAGE`.
+The scripts copied in are in `standin-files/` beside this module.
+
+They run the stack's files unchanged: the same environment variables, mounts, volumes, ports and
+health-check commands as the real images. Where they differ from those images:
+
+couchdb (for `couchdb:3.4.2`): PouchDB Server 4.2.0 on Debian's Node.js 18, not CouchDB 3.4.2.
+  - Speaks the CouchDB HTTP API as PouchDB Server implements it (documents, attachments,
+    `_all_docs`, `_bulk_docs`, `_all_dbs`, `_session`); no clustering, no per-database security
+    (any client may read a database), PouchDB Server's own Fauxton at `/_utils`, no Erlang, no
+    `_node/.../_config` of CouchDB's shape (PouchDB Server's `/_config` only).
+  - `GET /_up` answers `{"status": "ok", "seeds": {}}`: PouchDB Server has no such route (it
+    answers 404), so `server.js` adds it in front of PouchDB Server's routes.
+  - An anonymous `PUT`/`DELETE /<db>` gets CouchDB's 401 from `server.js`: PouchDB Server with an
+    admin configured crashes on it instead.
+  - Admin from `COUCHDB_USER` / `COUCHDB_PASSWORD` (it refuses to start without them, as
+    CouchDB 3 does); `COUCHDB_SECRET`, `NODENAME`, `ERL_FLAGS` are ignored. `*.ini` files in
+    `/opt/couchdb/etc/local.d` are accepted and ignored (logged at start); its own configuration
+    is `/opt/couchdb/etc/pouchdb-server.json`, written at every start.
+  - Databases are LevelDB folders in `/opt/couchdb/data` (a VOLUME, as in the official image),
+    not CouchDB's files: a volume is not interchangeable between the two.
+  - Runs as `couchdb` (uid and gid 5984) from the start (no root entry point and gosu); PID 1 is
+    node, which exits on SIGTERM (no tini). Exposes 5984 only in practice (4369 and 9100 are declared
+    as in the official image but nothing listens).
+
+prometheus (for `prom/prometheus:v3.1.0`): Debian's `prometheus` package, 2.42, not 3.1.
+  - Same entry point `/bin/prometheus`, default arguments (`--config.file=/etc/prometheus/
+    prometheus.yml --storage.tsdb.path=/prometheus`), user nobody, workdir and VOLUME `/prometheus`,
+    port 9090, and `promtool`. The flags compose.yaml (none) and the Ansible role
+    (`--config.file`, `--storage.tsdb.path`, `--storage.tsdb.retention.time`,
+    `--web.listen-address`) pass all exist in 2.42.
+  - Prometheus 2's classic web UI (Debian's build), not 3's; 3.x-only configuration or query
+    features would fail here. The default prometheus.yml is Debian's (the stack mounts its own).
+  - moment-timezone's raw data (220 MB, which the UI does not load) is left out.
+
+kafka (one image for both `confluentinc/cp-zookeeper:7.7.1` and `confluentinc/cp-kafka:7.7.1`):
+  Apache Kafka 3.9.2's jars from Maven Central (`deploy/local/pom.xml`) in
+  `/usr/share/java/kafka` on Debian's OpenJDK 17 JRE (headless); Confluent 7.7.1 ships Kafka
+  3.7.1 (Confluent's build) on Zulu/Temurin 17.
+  - `/etc/confluent/docker/run` (the command) does what Confluent's does for a single node:
+    with `ZOOKEEPER_CLIENT_PORT` set it writes `/etc/kafka/zookeeper.properties` from the
+    `ZOOKEEPER_*` variables (camelCase: `ZOOKEEPER_TICK_TIME` -> `tickTime`,
+    `ZOOKEEPER_AUTOPURGE_PURGE_INTERVAL` -> `autopurge.purgeInterval`; `dataDir` and `dataLogDir`
+    under `/var/lib/zookeeper`) and runs ZooKeeper 3.8.4 (`QuorumPeerMain`); otherwise it writes
+    `/etc/kafka/kafka.properties` from the `KAFKA_*` variables (`KAFKA_FOO_BAR` -> `foo.bar`,
+    `__` -> `_`, `___` -> `-`; `log.dirs=/var/lib/kafka/data` unless set), leaving out the JVM and
+    logging ones (`KAFKA_HEAP_OPTS`, `KAFKA_OPTS`, `KAFKA_JMX_*`, `KAFKA_LOG4J_*`, ...), waits up
+    to `KAFKA_CUB_ZK_TIMEOUT` (40 s) for ZooKeeper and runs the broker (`kafka.Kafka`).
+    `KAFKA_HEAP_OPTS` (default 512M / 1G as Confluent's), `KAFKA_JVM_PERFORMANCE_OPTS`,
+    `KAFKA_OPTS`, `KAFKA_LOG4J_OPTS`, `KAFKA_LOG4J_ROOT_LOGLEVEL` and `KAFKA_LOG4J_LOGGERS` apply.
+  - Not supported: KRaft (`KAFKA_PROCESS_ROLES`; it exits with a message), a ZooKeeper ensemble
+    (`ZOOKEEPER_SERVERS`, `ZOOKEEPER_SERVER_ID`), SSL/SASL setup from `*_SSL_*`/JAAS variables
+    and secrets files, JMX, Confluent's metrics reporter and license/telemetry settings.
+  - Commands: `kafka-broker-api-versions` (compose.yaml's health check), `kafka-topics`,
+    `kafka-consumer-groups` and `kafka-run-class` (`kafka-run-class CLASS ARGS`); the other
+    `kafka-*` tools, `zookeeper-shell`, `cub` and `dub` are missing. `kafka-topics` and
+    `kafka-consumer-groups` need `kafka-tools` in `deploy/local`'s jars (its pom lists it).
+    `nc` (OpenBSD netcat) is there for ZooKeeper's `echo ruok | nc` health check.
+  - Runs as `appuser` (uid 1000) as Confluent's, but declares no VOLUME (one image serves both
+    roles: each would otherwise get anonymous volumes for the other's folders).
+
+All three: one layer, `ENV PATH` and `LANG=C.UTF-8`, packages from the Debian mirror at build
+time, no HEALTHCHECK (neither have the real images). A label carries the recipe's key; a changed
+recipe is imported again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from tests.e2e.commands import run
+from tests.e2e.rootfs import debian_rootfs
+from tests.paths import REPO
+
+FILES: Final = Path(__file__).with_name("standin-files")
+KAFKA_LIBS: Final = REPO / "deploy" / "local" / ".kafka" / "libs"
+NODE_MODULES: Final = REPO / "deploy" / "local" / "node_modules"
+KEY_LABEL: Final = "org.iot-pipeline.standin.key"
+# Confluent's command names for Kafka's tools, in the kafka stand-in (standin-files/kafka/).
+KAFKA_COMMANDS: Final = (
+    "kafka-run-class",
+    "kafka-broker-api-versions",
+    "kafka-topics",
+    "kafka-consumer-groups",
+)
+BASE_CHANGES: Final = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+)
+# Documentation is not part of any image.
+NO_DOCS: Final = 'rm -rf "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/usr/share/info/*'
+
+
+class StandInError(RuntimeError):
+    """A stand-in image could not be built or imported."""
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """How to make one stand-in: a Debian root filesystem, files copied in, image settings."""
+
+    name: str  # also the rootfs cache name
+    replaces: tuple[str, ...]  # the images it stands in for
+    tag: str  # the name it is imported under by default
+    packages: tuple[str, ...]
+    hooks: tuple[str, ...]  # mmdebstrap --customize-hook commands; "$1" is the root folder
+    inputs: tuple[Path, ...]  # what the hooks copy in (hashed into the cache key)
+    changes: tuple[str, ...]  # Dockerfile instructions applied at import (one port per EXPOSE: podman)
+
+
+COUCHDB: Final = StandIn(
+    name="standin-couchdb",
+    replaces=("couchdb:3.4.2",),
+    tag="localhost/iot-standin-couchdb:pouchdb-server-4.2.0",
+    packages=("nodejs", "curl"),
+    hooks=(
+        'mkdir -p "$1/opt/pouchdb-server/node_modules" "$1/opt/couchdb/bin" "$1/opt/couchdb/data"'
+        ' "$1/opt/couchdb/etc/local.d" "$1/opt/couchdb/var/log"',
+        f"sync-in {NODE_MODULES} /opt/pouchdb-server/node_modules",
+        f"copy-in {FILES / 'couchdb' / 'server.js'} /opt/couchdb/bin",
+        'chroot "$1" groupadd --system --gid 5984 couchdb',
+        'chroot "$1" useradd --system --uid 5984 --gid couchdb --home-dir /opt/couchdb --no-create-home'
+        " --shell /bin/bash couchdb",
+        'chroot "$1" chown -R couchdb:couchdb /opt/couchdb',
+        NO_DOCS,
+    ),
+    inputs=(NODE_MODULES, FILES / "couchdb"),
+    changes=(
+        *BASE_CHANGES,
+        "USER couchdb",
+        "WORKDIR /opt/couchdb",
+        "VOLUME /opt/couchdb/data",
+        "EXPOSE 5984",
+        "EXPOSE 4369",
+        "EXPOSE 9100",
+        'ENTRYPOINT ["/usr/bin/node", "/opt/couchdb/bin/server.js"]',
+    ),
+)
+
+PROMETHEUS: Final = StandIn(
+    name="standin-prometheus",
+    replaces=("prom/prometheus:v3.1.0",),
+    tag="localhost/iot-standin-prometheus:2.42",
+    packages=("prometheus",),
+    hooks=(
+        'rm -rf "$1/usr/share/javascript/moment-timezone/data"',
+        'mkdir -p "$1/prometheus" && chroot "$1" chown nobody:nogroup /prometheus',
+        NO_DOCS,
+    ),
+    inputs=(),
+    changes=(
+        *BASE_CHANGES,
+        "USER nobody",
+        "WORKDIR /prometheus",
+        "VOLUME /prometheus",
+        "EXPOSE 9090",
+        'ENTRYPOINT ["/bin/prometheus"]',
+        'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]',
+    ),
+)
+
+KAFKA: Final = StandIn(
+    name="standin-kafka",
+    replaces=("confluentinc/cp-zookeeper:7.7.1", "confluentinc/cp-kafka:7.7.1"),
+    tag="localhost/iot-standin-kafka:3.9.2",
+    packages=("openjdk-17-jre-headless", "netcat-openbsd"),
+    hooks=(
+        'mkdir -p "$1/usr/share/java/kafka" "$1/etc/confluent/docker" "$1/etc/kafka"'
+        ' "$1/var/lib/kafka/data" "$1/var/lib/zookeeper/data" "$1/var/lib/zookeeper/log"',
+        f"sync-in {KAFKA_LIBS} /usr/share/java/kafka",
+        'rm -f "$1/usr/share/java/kafka/.pom.sha256"',
+        f"copy-in {FILES / 'kafka' / 'run'} /etc/confluent/docker",
+        "copy-in " + " ".join(str(FILES / "kafka" / tool) for tool in KAFKA_COMMANDS) + " /usr/bin",
+        f"copy-in {FILES / 'kafka' / 'tools-log4j.properties'} /etc/kafka",
+        'chroot "$1" useradd --uid 1000 --user-group --create-home --shell /bin/bash appuser',
+        'chroot "$1" chown -R appuser:appuser /etc/kafka /var/lib/kafka /var/lib/zookeeper',
+        NO_DOCS,
+    ),
+    inputs=(KAFKA_LIBS, FILES / "kafka"),
+    changes=(
+        *BASE_CHANGES,
+        "USER appuser",
+        "WORKDIR /home/appuser",
+        "EXPOSE 2181",
+        "EXPOSE 2888",
+        "EXPOSE 3888",
+        "EXPOSE 9092",
+        'CMD ["/etc/confluent/docker/run"]',
+    ),
+)
+
+ALL: Final = (COUCHDB, PROMETHEUS, KAFKA)
+
+
+def rootfs(standin: StandIn) -> Path:
+    """The stand-in's root filesystem tarball (built with mmdebstrap when its recipe changed)."""
+    for path in standin.inputs:
+        if not path.exists():
+            raise StandInError(f"{path} is missing: `make install` makes it")
+    return debian_rootfs(standin.name, standin.packages, customize_hooks=standin.hooks, inputs=standin.inputs)
+
+
+def image_key(standin: StandIn, tarball: Path) -> str:
+    """What the image is made from: the root filesystem (its name holds its key) and the changes."""
+    recipe = "\n".join([tarball.name, *standin.changes])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def ensure_image(
+    standin: StandIn,
+    engine: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    tag: str | None = None,
+) -> str:
+    """Make the stand-in `tag` (default `standin.tag`) in an engine; returns the tag.
+
+    engine: the command, e.g. `["docker"]` or `["podman"]`; env: added to the environment of
+    each call (e.g. DOCKER_HOST). Nothing is imported when the engine already holds the image of
+    the current recipe.
+    """
+    name = tag or standin.tag
+    tarball = rootfs(standin)
+    key = image_key(standin, tarball)
+    environ = {**os.environ, **(env or {})}
+    inspect = [*engine, "image", "inspect", "--format", f'{{{{ index .Config.Labels "{KEY_LABEL}" }}}}', name]
+    if run(inspect, env=environ, check=False, timeout=60).stdout.strip() == key:
+        return name
+    changes = [*standin.changes, f"LABEL {KEY_LABEL}={key}"]
+    result = run(
+        [*engine, "import", *(f"--change={c}" for c in changes), str(tarball), name],
+        env=environ,
+        check=False,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        raise StandInError(f"{' '.join(engine)} import {name} failed:\n{result.stderr[-4000:]}")
+    if run(inspect, env=environ, check=False, timeout=60).stdout.strip() != key:
+        raise StandInError(f"{name} was imported but does not carry {KEY_LABEL}={key}")
+    return name
+
+
+def ensure_all(engine: Sequence[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every stand-in under its default tag: replaced image -> stand-in tag."""
+    images: dict[str, str] = {}
+    for standin in ALL:
+        tag = ensure_image(standin, engine, env)
+        images.update(dict.fromkeys(standin.replaces, tag))
+    return images

@@ -1,0 +1,163 @@
+"""`ansible-playbook site.yml` on four systemd hosts, run twice, then restarts and a reboot.
+
+vm1 producer, vm2 ZooKeeper + Kafka, vm3 inference, vm4 sink + CouchDB + Prometheus, each with
+its own address on a private network. What cannot be fetched here comes through the roles'
+own variables (see conftest.py): Kafka's release, the images, and stand-ins for CouchDB and
+Prometheus; Grafana is switched off. The tests run in file order and share one deployment.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.e2e.ansible import PlaybookRun
+from tests.e2e.conftest import Deployment
+from tests.e2e.hosts import Host, restart_host
+from tests.waiting import wait_for
+
+UNITS = {
+    "vm1": ["iot-firewall", "docker"],  # and iot-producer, a oneshot: see below
+    "vm2": ["iot-firewall", "zookeeper", "kafka"],
+    "vm3": ["iot-firewall", "docker", "iot-inference"],
+    "vm4": ["iot-firewall", "docker", "couchdb", "prometheus", "iot-sink"],
+}
+TOPICS = {"iot-topic", "iot-predictions", "iot-dlq"}
+
+
+def assert_clean_recap(run: PlaybookRun) -> dict[str, dict[str, int]]:
+    recap = run.recap()
+    assert run.returncode == 0, f"ansible-playbook exited {run.returncode}:\n{run.output[-6000:]}"
+    assert set(recap) == set(UNITS), recap
+    for host, counts in recap.items():
+        assert counts["failed"] == 0 and counts["unreachable"] == 0, (host, counts)
+    return recap
+
+
+def test_first_run_converges_every_host(deployment: Deployment) -> None:
+    recap = assert_clean_recap(deployment.first_run)
+    assert all(counts["changed"] > 0 for counts in recap.values()), recap
+
+
+def test_every_unit_is_active(deployment: Deployment) -> None:
+    for name, units in UNITS.items():
+        host = deployment.hosts[name]
+        states = host.sh(f"systemctl is-active {' '.join(units)}", check=False).split()
+        assert states == ["active"] * len(units), f"{name}: {dict(zip(units, states, strict=False))}"
+        failed = host.sh("systemctl list-units --state=failed --no-legend --plain", check=False).strip()
+        assert not failed, f"{name} has failed units:\n{failed}"
+
+
+def test_producer_runs_once_to_completion(deployment: Deployment) -> None:
+    vm1 = deployment.hosts["vm1"]
+
+    def state() -> str:
+        return vm1.sh("systemctl is-active iot-producer", check=False).strip()
+
+    wait_for("the producer to have sent its images", lambda: state() != "activating", 300)
+    assert state() == "active", vm1.sh("journalctl -u iot-producer --no-pager | tail -30", check=False)
+    assert vm1.sh("systemctl is-enabled iot-producer", check=False).strip() != "enabled"
+
+
+def test_broker_has_the_topics(deployment: Deployment) -> None:
+    assert deployment.topics() >= TOPICS
+
+
+def stored_documents(deployment: Deployment) -> list[dict[str, Any]]:
+    response = requests.get(
+        f"{deployment.couchdb_url}/img_db/_all_docs",
+        params={"include_docs": "true", "attachments": "true"},
+        auth=deployment.couchdb_auth,
+        timeout=30,
+    )
+    response.raise_for_status()
+    return [row["doc"] for row in response.json()["rows"]]
+
+
+def complete(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in documents if "InferredValue" in d and "image.png" in d.get("_attachments", {})]
+
+
+def test_the_producers_images_are_stored_with_predictions(deployment: Deployment) -> None:
+    def enough() -> list[dict[str, Any]] | None:
+        documents = complete(stored_documents(deployment))
+        return documents if len(documents) >= deployment.images else None
+
+    documents = wait_for(f"{deployment.images} complete documents in CouchDB on vm4", enough, 300)
+    assert len(documents) == deployment.images
+    for document in documents:
+        assert document["GroundTruth"] and document["InferredValue"], document
+        png = base64.b64decode(document["_attachments"]["image.png"]["data"])
+        with Image.open(io.BytesIO(png)) as image:
+            assert (image.format, image.size, image.mode) == ("PNG", (32, 32), "RGB")
+
+
+def test_prometheus_scrapes_inference_and_sink(deployment: Deployment) -> None:
+    def up() -> dict[str, str]:
+        response = requests.get(
+            f"{deployment.prometheus_url}/api/v1/query", params={"query": "up"}, timeout=10
+        )
+        return {r["metric"]["job"]: r["value"][1] for r in response.json()["data"]["result"]}
+
+    wait_for("Prometheus on vm4: up == 1 for inference and sink", lambda: {"inference", "sink"} <= {
+        job for job, value in up().items() if value == "1"
+    }, 120)  # fmt: skip
+
+
+def connects(source: Host, address: str, port: int) -> bool:
+    """Whether SOURCE opens a TCP connection to ADDRESS:PORT within 3 s (refused or dropped: no)."""
+    script = f"timeout 3 bash -c '</dev/tcp/{address}/{port}' 2>/dev/null && echo open || echo closed"
+    return source.sh(script, timeout=30).strip() == "open"
+
+
+def test_firewall_allows_only_what_the_pipeline_needs(deployment: Deployment) -> None:
+    vm1, vm2, vm4 = (deployment.hosts[n] for n in ("vm1", "vm2", "vm4"))
+    assert connects(vm1, vm2.address, 9092), "Kafka must answer the pipeline's VMs"
+    assert not connects(vm1, vm2.address, 2181), "ZooKeeper must not be reachable from other VMs"
+    assert not connects(vm1, vm4.address, 5984), "CouchDB must only be reachable from the sink and admins"
+
+
+def test_no_secret_in_ansibles_output(deployment: Deployment) -> None:
+    for secret in deployment.secrets:
+        for run in (deployment.first_run, deployment.second_run):
+            assert secret not in run.output
+
+
+def test_second_run_changes_nothing(deployment: Deployment) -> None:
+    recap = assert_clean_recap(deployment.second_run)
+    assert all(counts["changed"] == 0 for counts in recap.values()), deployment.second_run.changed_tasks()
+
+
+@pytest.mark.parametrize("how", ["systemctl restart", "reboot"])
+def test_inference_comes_back(deployment: Deployment, how: str) -> None:
+    vm3 = deployment.hosts["vm3"]
+    if how == "reboot":
+        restart_host(vm3)
+    else:
+        vm3.sh("systemctl restart iot-inference")
+    wait_for(f"inference ready on vm3 after {how}", lambda: deployment.ready("vm3", 8002), 300)
+
+
+def test_rebooted_producer_does_not_send_again(deployment: Deployment) -> None:
+    sent = deployment.images_topic_size()
+    restart_host(deployment.hosts["vm1"])
+    wait_for("sink ready", lambda: deployment.ready("vm4", 8003), 120)
+    state = deployment.hosts["vm1"].sh("systemctl is-active iot-producer", check=False).strip()
+    assert state != "activating"
+    assert deployment.images_topic_size() == sent
+    assert len(complete(stored_documents(deployment))) == deployment.images
+
+
+def test_pipeline_still_works_after_the_restarts(deployment: Deployment) -> None:
+    """Started by hand, the producer sends its images again and they all come through."""
+    deployment.hosts["vm1"].sh("systemctl start iot-producer", timeout=600)
+    wait_for(
+        "the second round of images in CouchDB",
+        lambda: len(complete(stored_documents(deployment))) >= 2 * deployment.images,
+        300,
+    )
