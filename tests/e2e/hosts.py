@@ -63,6 +63,10 @@ def host_image() -> str:
             "import", "--change", 'CMD ["/sbin/init"]', "--change", "STOPSIGNAL SIGRTMIN+3",
             "--change", "ENV container=podman", str(tarball), name,
         )  # fmt: skip
+    # Earlier recipes' images are of no further use.
+    for image in podman("images", "--format", "{{.Repository}}:{{.Tag}}", name.split(":")[0]).stdout.split():
+        if image != name:
+            podman("rmi", image, check=False)
     return name
 
 

@@ -22,7 +22,7 @@ How it differs from Apache's `kafka_2.13-3.9.2.tgz`:
   `libs/` has more: Kafka Connect (`connect-*`), Kafka Streams (`kafka-streams*`),
   `kafka-shell`, `trogdor`, `kafka-log4j-appender`, and their own dependencies (Jetty, Jersey,
   HK2, the Jakarta/javax APIs, jackson-jaxrs, RocksDB JNI, jline, reflections, maven-artifact,
-  plexus-utils, swagger-annotations, ...), some of which Maven brings in with `kafka-tools`.
+  plexus-utils, swagger-annotations, ...); `pom.xml` takes `kafka-tools` without its dependencies.
 - Versions of third-party jars may differ from the release's: Maven takes the version declared
   nearest to the root, while Apache's build (Gradle) takes the highest one requested plus the
   versions Kafka's build pins. Kafka 3.9.2's own POM does not declare netty, so Maven takes
