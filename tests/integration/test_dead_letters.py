@@ -67,3 +67,27 @@ def test_each_kind_of_bad_message_is_dead_lettered_and_good_ones_still_flow(pipe
     # The payload is kept as it was, for whoever repairs and replays it.
     assert {m.value() for m in dead} >= set(BAD_IMAGES.values())
     assert len(pipeline.documents()) == 5
+
+
+def test_crafted_messages_that_once_crashed_the_consumers_are_dead_lettered(pipeline: Pipeline) -> None:
+    """A 400-digit timestamp, JSON nested 200,000 deep and a PNG header claiming 20000x20000
+    pixels each stopped inference and sink at every restart (OverflowError, RecursionError,
+    DecompressionBombError); now they are contract errors and the pipeline goes on."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    crafted = {
+        "invalid_field": _image(ProducedAt=10**400),
+        "not_json": b'{"ID": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        "bad_image": _image(Data=base64.b64encode(buf.getvalue()).decode()),
+    }
+    pipeline.start("inference")
+    pipeline.start("sink")
+    pipeline.send_raw(pipeline.images_topic, list(crafted.values()))
+    pipeline.produce(5)
+
+    pipeline.wait_for_complete(5, timeout=120)
+    dead = pipeline.read_topic(pipeline.dlq_topic, 2 * len(crafted))
+    for service in ("inference", "sink"):
+        reasons = sorted(headers(m)["dlq.reason"] for m in dead if headers(m)["dlq.service"] == service)
+        assert reasons == sorted(crafted)
+    assert len(pipeline.documents()) == 5

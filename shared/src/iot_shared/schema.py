@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,7 +137,9 @@ def png_to_pixels(png: bytes) -> Pixels:
                     "bad_image", f"expected a 32x32 RGB image, got {img.size} {img.mode}"
                 )
             return np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        # DecompressionBombError: a header that declares far more pixels than it holds; the size
+        # check above refuses smaller lies before any pixel is decoded.
         raise InvalidMessageError("bad_image", f"cannot decode the image: {exc}") from exc
 
 
@@ -148,12 +151,19 @@ def _load(raw: bytes | None) -> dict[str, Any]:
     if not raw:
         raise InvalidMessageError("not_json", "empty message")
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidMessageError("not_json", str(exc)) from exc
+    except RecursionError as exc:
+        raise InvalidMessageError("not_json", "nested too deeply") from exc
     if not isinstance(obj, dict):
         raise InvalidMessageError("not_json", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _reject_constant(name: str) -> float:
+    # Python's json reads NaN and Infinity, which are not JSON: CouchDB would refuse the document.
+    raise InvalidMessageError("not_json", f"{name} is not a JSON value")
 
 
 def _field(obj: dict[str, Any], name: str) -> Any:
@@ -174,7 +184,13 @@ def _number_field(obj: dict[str, Any], name: str) -> float:
     # bool is an int in Python, but true is no timestamp.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidMessageError("invalid_field", f"{name} must be a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:  # an integer of hundreds of digits
+        raise InvalidMessageError("invalid_field", f"{name} is out of range") from exc
+    if not math.isfinite(number):
+        raise InvalidMessageError("invalid_field", f"{name} must be finite")
+    return number
 
 
 def _id_field(obj: dict[str, Any]) -> str:

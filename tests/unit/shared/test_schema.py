@@ -44,6 +44,29 @@ def test_prediction_message_round_trips() -> None:
     assert set(obj) == {"ID", "InferredValue", "Confidence", "Model", "InferredAt"}
 
 
+def png_bomb() -> str:
+    """A small PNG whose header declares 20000x20000 pixels (PIL's decompression bomb)."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def deeply_nested(depth: int) -> bytes:
+    return b'{"ID": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+# Each of these once escaped decode as something else (OverflowError, RecursionError, PIL's
+# DecompressionBombError) or passed it (NaN), and stopped a service on every restart.
+CRASH_INPUTS = {
+    "not_json": [
+        deeply_nested(200_000),
+        image().replace(b'"ProducedAt": 1700000000.5', b'"ProducedAt": NaN'),
+        image().replace(b'"ProducedAt": 1700000000.5', b'"ProducedAt": -Infinity'),
+    ],
+    "invalid_field": [image(ProducedAt=10**400)],
+    "bad_image": [image(Data=png_bomb())],
+}
+
 BAD_IMAGES = {
     "not_json": [b"\xff\xfe not json", b"", b"[1, 2]", None],
     "missing_field": [image(GroundTruth=None), json.dumps({"ID": str(uuid.uuid4())}).encode()],
@@ -63,6 +86,15 @@ BAD_IMAGES = {
     ("reason", "raw"), [(reason, raw) for reason, raws in BAD_IMAGES.items() for raw in raws]
 )
 def test_each_contract_violation_has_its_reason(reason: str, raw: bytes | None) -> None:
+    with pytest.raises(InvalidMessageError) as caught:
+        ImageMessage.decode(raw)
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("reason", "raw"), [(reason, raw) for reason, raws in CRASH_INPUTS.items() for raw in raws]
+)
+def test_crafted_inputs_are_contract_errors_not_crashes(reason: str, raw: bytes) -> None:
     with pytest.raises(InvalidMessageError) as caught:
         ImageMessage.decode(raw)
     assert caught.value.reason == reason
