@@ -31,7 +31,6 @@ SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
     "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
 )  # fmt: skip
-ROLES = {"vm1": "producer", "vm2": "broker", "vm3": "inference", "vm4": "sink, couchdb, monitoring"}
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,11 @@ Where it differs from the official image (which builds CPython itself into /usr/
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from tests.e2e.commands import run
-from tests.e2e.rootfs import debian_rootfs
+from tests.e2e.rootfs import debian_rootfs, import_image
 
 BASE_IMAGE: Final = "localhost/iot-python-base:3.11-bookworm"
 PACKAGES: Final = (
@@ -63,19 +60,6 @@ def rootfs_tarball() -> Path:
     return debian_rootfs("python-base", PACKAGES, customize_hooks=CUSTOMIZE)
 
 
-def image_key(
-    engine: Sequence[str], tag: str = BASE_IMAGE, env: Mapping[str, str] | None = None
-) -> str | None:
-    """The recipe key that the engine's image `tag` carries; None when there is no such image."""
-    result = run(
-        [*engine, "image", "inspect", "--format", f'{{{{ index .Config.Labels "{KEY_LABEL}" }}}}', tag],
-        env=_environ(env),
-        check=False,
-        timeout=60,
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def import_base_image(
     engine: Sequence[str],
     env: Mapping[str, str] | None = None,
@@ -83,21 +67,6 @@ def import_base_image(
     tag: str = BASE_IMAGE,
 ) -> str:
     """Make `tag` in the engine: `engine` is the command (`["docker"]`, `["podman"]`, or
-    `Dockerd.command`), run with `env` added to the environment.
-
-    Nothing is imported when the engine holds the image of the current recipe already (its tar
-    file and the import's changes). Returns `tag`.
-    """
-    tarball = rootfs_tarball()
-    key = hashlib.sha256("\n".join([tarball.name, *CHANGES]).encode()).hexdigest()[:16]
-    if image_key(engine, tag, env) == key:
-        return tag
-    changes = [*CHANGES, f"LABEL {KEY_LABEL}={key}"]
-    run([*engine, "import", *(f"--change={c}" for c in changes), str(tarball), tag], env=_environ(env))
-    if image_key(engine, tag, env) != key:
-        raise RuntimeError(f"{tag} was imported but does not carry {KEY_LABEL}={key}")
-    return tag
-
-
-def _environ(extra: Mapping[str, str] | None) -> dict[str, str]:
-    return {**os.environ, **(extra or {})}
+    `Dockerd.command`), run with `env` added to the environment; nothing is imported when the
+    engine holds the image of the current recipe already. Returns `tag`."""
+    return import_image(rootfs_tarball(), tag, changes=CHANGES, label=KEY_LABEL, engine=engine, env=env)

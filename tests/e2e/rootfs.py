@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.e2e.cache import cache_dir
@@ -61,3 +62,34 @@ def debian_rootfs(
     run(command, timeout=1800)
     partial.rename(tarball)
     return tarball
+
+
+def import_image(
+    tarball: Path,
+    tag: str,
+    *,
+    changes: Sequence[str],
+    label: str,
+    engine: Sequence[str],
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """`TAG` in the engine (`["docker"]`, `["podman"]`, run with ENV added), made from TARBALL.
+
+    The image carries LABEL = the key of what it was made from (the tarball, whose name holds its
+    recipe, and the import's Dockerfile CHANGES); nothing is imported when the engine already
+    holds the image of this key. Returns TAG.
+    """
+    key = hashlib.sha256("\n".join([tarball.name, *changes]).encode()).hexdigest()[:16]
+    environ = {**os.environ, **(env or {})}
+    inspect = [*engine, "image", "inspect", "--format", f'{{{{ index .Config.Labels "{label}" }}}}', tag]
+    if run(inspect, env=environ, check=False, timeout=60).stdout.strip() == key:
+        return tag
+    all_changes = [*changes, f"LABEL {label}={key}"]
+    run(
+        [*engine, "import", *(f"--change={c}" for c in all_changes), str(tarball), tag],
+        env=environ,
+        timeout=900,
+    )
+    if run(inspect, env=environ, check=False, timeout=60).stdout.strip() != key:
+        raise RuntimeError(f"{tag} was imported but does not carry {label}={key}")
+    return tag

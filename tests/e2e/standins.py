@@ -74,15 +74,12 @@ recipe is imported again.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from tests.e2e.commands import run
-from tests.e2e.rootfs import debian_rootfs
+from tests.e2e.rootfs import debian_rootfs, import_image
 from tests.paths import REPO
 
 FILES: Final = Path(__file__).with_name("standin-files")
@@ -213,12 +210,6 @@ def rootfs(standin: StandIn) -> Path:
     return debian_rootfs(standin.name, standin.packages, customize_hooks=standin.hooks, inputs=standin.inputs)
 
 
-def image_key(standin: StandIn, tarball: Path) -> str:
-    """What the image is made from: the root filesystem (its name holds its key) and the changes."""
-    recipe = "\n".join([tarball.name, *standin.changes])
-    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
-
-
 def ensure_image(
     standin: StandIn,
     engine: Sequence[str],
@@ -233,24 +224,9 @@ def ensure_image(
     the current recipe.
     """
     name = tag or standin.tag
-    tarball = rootfs(standin)
-    key = image_key(standin, tarball)
-    environ = {**os.environ, **(env or {})}
-    inspect = [*engine, "image", "inspect", "--format", f'{{{{ index .Config.Labels "{KEY_LABEL}" }}}}', name]
-    if run(inspect, env=environ, check=False, timeout=60).stdout.strip() == key:
-        return name
-    changes = [*standin.changes, f"LABEL {KEY_LABEL}={key}"]
-    result = run(
-        [*engine, "import", *(f"--change={c}" for c in changes), str(tarball), name],
-        env=environ,
-        check=False,
-        timeout=900,
+    return import_image(
+        rootfs(standin), name, changes=standin.changes, label=KEY_LABEL, engine=engine, env=env
     )
-    if result.returncode != 0:
-        raise StandInError(f"{' '.join(engine)} import {name} failed:\n{result.stderr[-4000:]}")
-    if run(inspect, env=environ, check=False, timeout=60).stdout.strip() != key:
-        raise StandInError(f"{name} was imported but does not carry {KEY_LABEL}={key}")
-    return name
 
 
 def ensure_all(engine: Sequence[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
