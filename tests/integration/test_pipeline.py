@@ -34,7 +34,7 @@ def test_300_images_at_full_speed_become_exactly_300_complete_documents(pipeline
 
 def current_assignment(log: str) -> set[str] | None:
     """The partitions a member holds now, from its log: its last assignment, unless revoked since."""
-    events = re.findall(r"INFO iot_shared.kafka: (assigned|revoked) (.*)", log)
+    events = re.findall(r"INFO iot_shared.consumer: (assigned|revoked) (.*)", log)
     if not events or events[-1][0] != "assigned":
         return None
     return set(events[-1][1].split(", "))

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from iot_inference.app import classify_batch
 from iot_inference.classifier import Classifier
 from iot_inference.model import load_resnet20
-from iot_shared.kafka import DeadLetters
+from iot_shared.dead_letters import DeadLetters
 from iot_shared.schema import ImageMessage
 
 

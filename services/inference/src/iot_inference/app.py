@@ -25,17 +25,12 @@ from iot_inference.metrics import (
 )
 from iot_inference.model import load_resnet20
 from iot_inference.settings import InferenceSettings
+from iot_shared.consumer import commit_processed, make_consumer, rewind, usable
+from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import InvalidMessageError
-from iot_shared.kafka import (
-    DeadLetters,
-    Publisher,
-    commit_processed,
-    make_consumer,
-    rewind,
-    usable,
-)
 from iot_shared.lifecycle import StopFlag, backoff_delays
 from iot_shared.metrics import BUILD_INFO, serve_http
+from iot_shared.publisher import Publisher
 from iot_shared.schema import MODEL_NAME, ImageMessage, PredictionMessage
 
 log = logging.getLogger("iot_inference")

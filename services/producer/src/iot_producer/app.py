@@ -13,9 +13,9 @@ import numpy.typing as npt
 from iot_producer import cifar
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DeliveryError
-from iot_shared.kafka import Publisher
 from iot_shared.lifecycle import StopFlag
 from iot_shared.metrics import serve_http
+from iot_shared.publisher import Publisher
 from iot_shared.schema import ImageMessage
 
 log = logging.getLogger("iot_producer")

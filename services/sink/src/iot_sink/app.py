@@ -15,18 +15,13 @@ from confluent_kafka import Message
 from ibm_cloud_sdk_core import ApiException
 from ibmcloudant.cloudant_v1 import CloudantV1
 
+from iot_shared.consumer import commit_processed, make_consumer, rewind, usable
 from iot_shared.couch import ensure_database, make_client, ping
+from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import ConfigError, InvalidMessageError
-from iot_shared.kafka import (
-    DeadLetters,
-    Publisher,
-    commit_processed,
-    make_consumer,
-    rewind,
-    usable,
-)
 from iot_shared.lifecycle import StopFlag, backoff_delays, wait_until
 from iot_shared.metrics import serve_http
+from iot_shared.publisher import Publisher
 from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_sink.documents import Update, group_by_id
 from iot_sink.metrics import WRITE_RETRIES
