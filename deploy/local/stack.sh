@@ -70,6 +70,16 @@ port_of() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# port_free PORT: true once nothing listens on PORT. A process killed with -9 (a JVM above all)
+# can hold its port for a few seconds while the kernel tears it down, so wait a little first.
+port_free() {
+  local deadline=$((SECONDS + 15))
+  while port_open "$1"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
 # Health checks, polled by wait_for; each returns at once.
 zk_4lw() { # zk_4lw WORD: ZooKeeper's answer to a four-letter word (whitelisted in zookeeper.properties)
   (exec 3<>"/dev/tcp/127.0.0.1/$ZOOKEEPER_PORT" && printf '%s' "$1" >&3 && timeout 2 cat <&3) 2>/dev/null || true
@@ -155,11 +165,13 @@ transaction.state.log.min.isr=1
 min.insync.replicas=1
 # Topics are created on purpose (iot_shared.topics); a typo in a topic name must fail, not create one.
 auto.create.topics.enable=false
+# A killed broker's registration outlives it by this long, and a restarted one waits for that.
+zookeeper.session.timeout.ms=6000
 # No other member to wait for: let a consumer group form at once.
 group.initial.rebalance.delay.ms=0
 PROPS
   # A killed broker's registration (an ephemeral node) outlives it until its ZooKeeper session
-  # expires (up to 18 s); a new broker with the same id exits on finding it, so wait it out.
+  # expires (zookeeper.session.timeout.ms); a new broker with the same id exits on finding it, so wait it out.
   local deadline=$((SECONDS + START_TIMEOUT))
   if broker_registered; then
     log "waiting for the last broker's ZooKeeper session to expire"
@@ -199,7 +211,7 @@ start() {
   for name in "${SERVICES[@]}"; do
     if ! running "$name"; then
       port="$(port_of "$name")"
-      port_open "$port" && die "port $port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
+      port_free "$port" || die "port $port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
       log "starting $name on 127.0.0.1:$port"
       "launch_$name"
       started=1

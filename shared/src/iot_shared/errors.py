@@ -12,6 +12,8 @@ DlqReason = Literal[
     "bad_base64",
     "bad_image",
     "unknown_class",
+    "too_large",
+    "undecodable",  # decoding failed in a way the contract did not foresee; dlq.detail names it
 ]
 DLQ_REASONS: tuple[DlqReason, ...] = get_args(DlqReason)
 

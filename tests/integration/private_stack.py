@@ -1,0 +1,109 @@
+"""A broker and CouchDB-API server of a test's own, which it may kill and restart at will.
+
+The shared stack of `make test` must never go down under other tests, so fault tests run
+`deploy/local/stack.sh` a second time, with their own run dir and free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.integration.harness import Stack
+from tests.paths import REPO
+from tests.ports import free_port
+from tests.waiting import wait_for
+
+STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
+COMPONENTS = ("zookeeper", "kafka", "couchdb")
+
+
+class PrivateStack:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        ports = {name: free_port() for name in COMPONENTS}
+        self.env = {
+            "IOT_LOCAL_RUN_DIR": str(run_dir),
+            "IOT_LOCAL_ZOOKEEPER_PORT": str(ports["zookeeper"]),
+            "IOT_LOCAL_KAFKA_PORT": str(ports["kafka"]),
+            "IOT_LOCAL_COUCHDB_PORT": str(ports["couchdb"]),
+            "IOT_LOCAL_COUCHDB_USER": "admin",
+            "IOT_LOCAL_COUCHDB_PASSWORD": "private-test-only",
+        }
+        self.stack = Stack(
+            bootstrap=f"127.0.0.1:{ports['kafka']}",
+            couchdb_url=f"http://127.0.0.1:{ports['couchdb']}",
+            couchdb_user="admin",
+            couchdb_password="private-test-only",
+        )
+
+    def start(self) -> None:
+        """Start whatever is not running (all of it at first) and wait until it answers."""
+        self._script("start")
+
+    def stop(self, name: str | None = None) -> None:
+        if name is None:
+            self._script("stop")
+        else:
+            self._signal(name, signal.SIGTERM, wait=True)
+
+    def kill(self, name: str) -> None:
+        """`kill -9` one component: a crash, with no clean shutdown."""
+        self._signal(name, signal.SIGKILL, wait=True)
+
+    @contextmanager
+    def down(self, name: str) -> Iterator[None]:
+        """`name` is stopped inside the block and started again after it."""
+        self.stop(name)
+        try:
+            yield
+        finally:
+            self.start()
+
+    def pid(self, name: str) -> int | None:
+        try:
+            return int((self.run_dir / f"{name}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _signal(self, name: str, sig: signal.Signals, wait: bool) -> None:
+        pid = self.pid(name)
+        if pid is None:
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        if wait:
+            # Not our child (stack.sh detaches it): poll until it is gone.
+            _wait_gone(pid)
+
+    def _script(self, command: str) -> None:
+        subprocess.run(
+            [str(STACK_SCRIPT), command], env={**os.environ, **self.env}, check=True, timeout=600
+        )
+
+
+def _wait_gone(pid: int, timeout: float = 60) -> None:
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split(") ", 1)[1].startswith("Z")
+        except FileNotFoundError:
+            return True
+
+    wait_for(f"process {pid} to exit", gone, timeout)
+
+
+@contextmanager
+def private_stack(run_dir: Path) -> Iterator[PrivateStack]:
+    stack = PrivateStack(run_dir)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
