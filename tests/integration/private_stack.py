@@ -83,9 +83,7 @@ class PrivateStack:
             _wait_gone(pid)
 
     def _script(self, command: str) -> None:
-        subprocess.run(
-            [str(STACK_SCRIPT), command], env={**os.environ, **self.env}, check=True, timeout=600
-        )
+        subprocess.run([str(STACK_SCRIPT), command], env={**os.environ, **self.env}, check=True, timeout=600)
 
 
 def _wait_gone(pid: int, timeout: float = 60) -> None:
