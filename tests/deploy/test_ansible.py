@@ -518,7 +518,7 @@ def test_every_setting_a_service_needs_is_set_and_valid(
         "iot-predictions",
         "iot-dlq",
     )
-    assert settings.kafka_extra_config["sasl.password"] == secret_values.kafka
+    assert settings.kafka_extra()["sasl.password"] == secret_values.kafka
     if isinstance(settings, ProducerSettings):
         assert settings.count == 6 and settings.seconds_between_images == 10.0
     if isinstance(settings, SinkSettings):

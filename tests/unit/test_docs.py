@@ -11,6 +11,8 @@ import iot_inference.metrics
 import iot_sink.metrics
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
+from iot_shared.errors import DLQ_REASONS
+from iot_shared.schema import MAX_DATA_CHARS, MAX_MESSAGE_BYTES, MAX_NAME_CHARS, ImageWire, PredictionWire
 from iot_shared.settings import env_name
 from iot_shared.topics import TopicSettings
 from iot_sink.settings import SinkSettings
@@ -42,3 +44,31 @@ def test_every_metric_is_documented() -> None:
     # prometheus-client drops `_total` (counters) and `_info` (info) from family names.
     missing = [n for n in ours if not any(f"`{n}{suffix}`" in README for suffix in ("", "_total", "_info"))]
     assert not missing
+
+
+MESSAGE_CONTRACT = README.split("## Message contract\n", 1)[1].split("\n## ", 1)[0]
+
+
+def contract_table(title: str) -> list[tuple[str, str]]:
+    """The (first column, second column) rows of the table that follows a bold title."""
+    table = MESSAGE_CONTRACT.split(f"**`{title}`**", 1)[1].split("\n\n")[1]
+    return re.findall(r"^\| `(\w+)` \| ([^|]*?) \|", table, re.MULTILINE)
+
+
+@pytest.mark.parametrize(("topic", "model"), [("iot-topic", ImageWire), ("iot-predictions", PredictionWire)])
+def test_the_message_tables_are_the_models(topic: str, model: type[ImageWire | PredictionWire]) -> None:
+    schema = model.model_json_schema(by_alias=True)
+    fields = {name: field["type"] for name, field in schema["properties"].items()}
+    assert dict(contract_table(topic)) == fields
+    assert set(schema["required"]) == set(fields)
+
+
+def test_the_dead_letter_reasons_table_has_every_reason() -> None:
+    assert [reason for reason, _ in contract_table("iot-dlq")] == list(DLQ_REASONS)
+
+
+def test_the_message_limits_are_documented() -> None:
+    assert f"at most {MAX_MESSAGE_BYTES // 1024} KiB" in MESSAGE_CONTRACT
+    assert f"over {MAX_MESSAGE_BYTES // 1024} KiB ({MAX_MESSAGE_BYTES:,} bytes)" in MESSAGE_CONTRACT
+    assert f"at most {MAX_DATA_CHARS:,} characters" in MESSAGE_CONTRACT
+    assert f"1 to {MAX_NAME_CHARS} characters" in MESSAGE_CONTRACT

@@ -1,102 +1,198 @@
-"""Consumers that never commit on their own: a service commits a batch's offsets only after
-everything it produced for that batch is acknowledged (or written to CouchDB). At-least-once.
+"""A consumer group member that never commits on its own: a service commits a batch's offsets
+only after everything it produced for that batch is acknowledged (or written to CouchDB).
+
+Membership is built for fast, quiet failover: incremental (cooperative-sticky) rebalancing, so
+a joining or leaving member does not stop the others, and optional static membership
+(`group.instance.id`), so a restarted member gets its partitions back without any rebalance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from iot_shared.errors import PipelineError
 from iot_shared.kafka import base_config, position
-from iot_shared.metrics import CONSUMED, REBALANCES, record_consumer_stats
-from iot_shared.settings import ServiceSettings
+from iot_shared.metrics import CONSUMED, CONSUMER_LAG, CONSUMER_PAUSED, REBALANCES, record_consumer_stats
+from iot_shared.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
 
+Partition = tuple[str, int]
 
-def make_consumer(
-    settings: ServiceSettings,
-    service: str,
-    group_id: str,
-    topics: Sequence[str],
-) -> Consumer:
-    """A group member that never commits on its own; see `commit_processed`."""
 
-    def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        REBALANCES.labels(service, "assign").inc()
-        log.info("assigned %s", _describe(partitions))
+class FatalConsumerError(PipelineError):
+    """librdkafka says this consumer cannot go on (e.g. fenced by a member with the same instance ID)."""
 
-    def on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        REBALANCES.labels(service, "revoke").inc()
-        log.info("revoked %s", _describe(partitions))
 
+class GroupMember:
+    """One member of a consumer group, with its assignment tracked for metrics and pausing."""
+
+    def __init__(self, consumer: Consumer, service: str) -> None:
+        self.consumer = consumer
+        self.service = service
+        self.assigned: set[Partition] = set()
+        self.paused = False
+        self.fatal: KafkaError | None = None
+        for event in ("assign", "revoke", "lost"):
+            REBALANCES.labels(service, event)
+        CONSUMER_PAUSED.labels(service).set(0)
+
+    # --- group events (served from inside consume) ------------------------------------
+
+    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Incremental: `partitions` are the ones added; librdkafka assigns them after we return.
+        REBALANCES.labels(self.service, "assign").inc()
+        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+        log.info("assigned %s", describe(partitions))
+
+    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        REBALANCES.labels(self.service, "revoke").inc()
+        self._forget(partitions)
+        log.info("revoked %s", describe(partitions))
+
+    def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The group moved on without us (we were silent too long); their new owner restarts
+        # from the last commit, so nothing of ours may be committed for them any more.
+        REBALANCES.labels(self.service, "lost").inc()
+        self._forget(partitions)
+        log.warning("lost %s", describe(partitions))
+
+    def on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err
+            log.error("fatal Kafka consumer error: %s", err)
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            log.error("no Kafka broker answers (IOT_KAFKA_BOOTSTRAP_SERVERS); still trying: %s", err.str())
+        else:
+            log.warning("Kafka consumer error: %s", err)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.assigned.discard((tp.topic, tp.partition))
+            # This member no longer reports lag for it; its new owner does.
+            with contextlib.suppress(KeyError):  # no series yet
+                CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))
+
+    # --- the loop's operations ----------------------------------------------------------
+
+    def raise_if_fatal(self) -> None:
+        if self.fatal is not None:
+            raise FatalConsumerError(f"Kafka consumer cannot go on: {self.fatal.str()}")
+
+    def consume(self, max_messages: int, timeout: float) -> list[Message]:
+        """The records of one poll; errors that are not records are logged, not returned."""
+        records = []
+        for msg in self.consumer.consume(max_messages, timeout):
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+                CONSUMED.labels(self.service, msg.topic()).inc()
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", err)
+        return records
+
+    def commit(self, records: Sequence[Message]) -> bool:
+        """Commit a processed batch; False when any partition's commit failed.
+
+        A failed commit is safe: those records are consumed again (here or by the partition's
+        new owner), and every step of this pipeline is idempotent.
+        """
+        if not records:
+            return True
+        try:
+            results = self.consumer.commit(offsets=next_offsets(records), asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit failed, the batch will be redelivered: %s", exc)
+            return False
+        failed = [tp for tp in results or [] if tp.error is not None]
+        for tp in failed:
+            log.warning("commit of %s[%d] failed, redelivered later: %s", tp.topic, tp.partition, tp.error)
+        return not failed
+
+    def hold_back(self, records: Sequence[Message]) -> None:
+        """Pause every assigned partition and rewind the failed batch, but stay in the group.
+
+        Pausing purges what librdkafka had fetched ahead, so each partition is also sought to
+        where the application stands: the batch's first offset, or its position.
+        """
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        self.paused = True
+        CONSUMER_PAUSED.labels(self.service).set(1)
+        first = first_offsets(records)
+        for tp in self.consumer.position(assignment):
+            offset = first.get((tp.topic, tp.partition), tp.offset)
+            if offset != OFFSET_INVALID and offset >= 0:
+                self._seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def resume(self) -> None:
+        self.consumer.resume(self.consumer.assignment())
+        self.paused = False
+        CONSUMER_PAUSED.labels(self.service).set(0)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def _seek(self, tp: TopicPartition) -> None:
+        try:
+            self.consumer.seek(tp)
+        except KafkaException as exc:
+            # Partition no longer ours: its new owner starts from the last commit anyway.
+            log.warning("cannot rewind %s[%d]: %s", tp.topic, tp.partition, exc)
+
+
+def join_group(settings: ConsumerSettings, service: str, topics: Sequence[str]) -> GroupMember:
+    """Subscribe a new member of `settings.group_id` to `topics`."""
+    member: GroupMember
     config = {
-        **base_config(settings, f"{service}-{group_id}"),
-        "group.id": group_id,
+        **base_config(settings, f"{service}-{settings.group_id}"),
+        "group.id": settings.group_id,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "statistics.interval.ms": 5000,
-        "stats_cb": lambda stats: record_consumer_stats(service, stats),
+        "stats_cb": lambda stats: record_consumer_stats(service, stats, member.assigned),
+        "error_cb": lambda err: member.on_error(err),
     }
-    for event in ("assign", "revoke"):
-        REBALANCES.labels(service, event)
-    consumer = Consumer(config)
-    consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=on_revoke)
-    return consumer
+    instance_id = settings.instance_id()
+    if instance_id:
+        config["group.instance.id"] = instance_id
+    for topic in topics:
+        CONSUMED.labels(service, topic)  # exported at 0 from the start
+    member = GroupMember(Consumer(config), service)
+    member.consumer.subscribe(
+        list(topics), on_assign=member.on_assign, on_revoke=member.on_revoke, on_lost=member.on_lost
+    )
+    log.info("joining group %s as %s", settings.group_id, instance_id or "a dynamic member")
+    return member
 
 
-def usable(service: str, messages: Iterable[Message]) -> list[Message]:
-    """Drop consumer events that are not records (errors are logged, not fatal)."""
-    records = []
-    for msg in messages:
-        err = msg.error()
-        if err is None:
-            records.append(msg)
-            CONSUMED.labels(service, msg.topic()).inc()
-        elif err.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer error: %s", err)
-    return records
-
-
-def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:
-    """The offsets to commit after `messages`: one past the last of each partition."""
-    highest: dict[tuple[str, int], int] = {}
-    for msg in messages:
+def next_offsets(records: Iterable[Message]) -> list[TopicPartition]:
+    """The offsets to commit after `records`: one past the last of each partition."""
+    highest: dict[Partition, int] = {}
+    for msg in records:
         topic, partition, offset = position(msg)
         highest[topic, partition] = max(highest.get((topic, partition), -1), offset)
     return [TopicPartition(t, p, off + 1) for (t, p), off in highest.items()]
 
 
-def commit_processed(consumer: Consumer, messages: Sequence[Message]) -> bool:
-    """Commit a processed batch. A failure (rebalance) is logged: the batch will be redelivered,
-    which is safe because every consumer in this pipeline is idempotent."""
-    if not messages:
-        return True
-    try:
-        consumer.commit(offsets=next_offsets(messages), asynchronous=False)
-    except KafkaException as exc:
-        log.warning("commit failed, the batch will be redelivered: %s", exc)
-        return False
-    return True
-
-
-def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
-    """Seek back to the first message of each partition so a failed batch is consumed again."""
-    first: dict[tuple[str, int], int] = {}
-    for msg in messages:
+def first_offsets(records: Iterable[Message]) -> dict[Partition, int]:
+    """Where each partition of a failed batch must be consumed again from."""
+    first: dict[Partition, int] = {}
+    for msg in records:
         topic, partition, offset = position(msg)
         first[topic, partition] = min(first.get((topic, partition), offset), offset)
-    for (topic, partition), offset in first.items():
-        try:
-            consumer.seek(TopicPartition(topic, partition, offset))
-        except KafkaException as exc:
-            # Partition no longer ours: its new owner starts from the last commit anyway.
-            log.warning("cannot rewind %s[%d]: %s", topic, partition, exc)
+    return first
 
 
-def _describe(partitions: list[TopicPartition]) -> str:
+def describe(partitions: list[TopicPartition]) -> str:
     return (
         ", ".join(
             f"{tp.topic}[{tp.partition}]" + (f"@{tp.offset}" if tp.offset != OFFSET_INVALID else "")

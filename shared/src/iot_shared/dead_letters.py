@@ -12,6 +12,11 @@ from iot_shared.publisher import Headers, Publisher
 
 log = logging.getLogger(__name__)
 
+# librdkafka's default `message.max.bytes` (1,000,000) less room for the record's own framing: a
+# record just under the limit on the source topic would not fit again with the dlq.* headers.
+MAX_RECORD_BYTES = 1_000_000 - 4_096
+MAX_KEY_BYTES = 1_024
+
 
 class DeadLetters:
     """Sends a message that breaks the contract to the dead-letter topic, with why and whence."""
@@ -34,10 +39,16 @@ class DeadLetters:
             ("dlq.source.offset", str(msg.offset()).encode()),
             ("dlq.service", self._service.encode()),
         ]
-        key = msg.key()
+        key = (msg.key() or b"")[:MAX_KEY_BYTES]
+        value = msg.value() or b""
+        room = MAX_RECORD_BYTES - len(key) - sum(len(name) + len(v or b"") for name, v in headers)
+        if len(value) > room:
+            # The copy must fit where the original did not need headers: keep its head, say so.
+            headers.append(("dlq.truncated.from", str(len(value)).encode()))
+            value = value[: max(0, room - 64)]
         self._publisher.send(
             self._topic,
-            value=msg.value() or b"",
+            value=value,
             key=key.decode("utf-8", "replace") if key else None,
             headers=headers,
         )

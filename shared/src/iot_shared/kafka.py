@@ -5,11 +5,14 @@ and topic creation. `publisher`, `consumer` and `batch_loop` build on it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from iot_shared.errors import PipelineError
+from iot_shared.lifecycle import StopFlag, wait_until
 from iot_shared.settings import ServiceSettings
 
 
@@ -17,7 +20,7 @@ def base_config(settings: ServiceSettings, client_id: str) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "client.id": client_id,
-        **settings.kafka_extra_config,
+        **settings.kafka_extra(),
     }
 
 
@@ -27,6 +30,33 @@ def position(msg: Message) -> tuple[str, int, int]:
     if topic is None or partition is None or offset is None:
         raise ValueError("not a consumed record")
     return topic, partition, offset
+
+
+class MissingTopicsError(PipelineError):
+    """The broker answers, but topics the service needs do not exist (yet)."""
+
+
+def wait_for_topics(settings: ServiceSettings, topics: Sequence[str], stop: StopFlag, timeout: float) -> None:
+    """Wait (bounded) until a broker answers and lists every topic in `topics`.
+
+    Raises TimeoutError with one clear line naming the setting to check, so a service with a
+    wrong or unreachable broker exits (and is restarted) instead of hanging silently.
+    """
+    admin = AdminClient(base_config(settings, "iot-startup"))
+
+    def check() -> None:
+        try:
+            metadata = admin.list_topics(timeout=min(10.0, timeout))
+        except KafkaException as exc:
+            raise ConnectionError(
+                f"no broker answers at IOT_KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
+                f"({exc.args[0].str() if exc.args else exc})"
+            ) from None
+        missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
+        if missing:
+            raise MissingTopicsError(f"topics {', '.join(missing)} do not exist (iot-topics creates them)")
+
+    wait_until("Kafka", check, stop, timeout, (ConnectionError, MissingTopicsError))
 
 
 def ensure_topics(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -36,7 +36,16 @@ DELIVERY_FAILURES = Counter(
 )
 CONSUMED = Counter("iot_kafka_consumed_messages", "Records consumed, valid or not", ["service", "topic"])
 DEAD_LETTERS = Counter("iot_dlq_messages", "Messages sent to the dead-letter topic", ["service", "reason"])
-REBALANCES = Counter("iot_consumer_rebalances", "Partition assignments and revocations", ["service", "event"])
+REBALANCES = Counter(
+    "iot_consumer_rebalances",
+    "Partitions assigned, revoked or lost (group moved on)",
+    ["service", "event"],
+)
+CONSUMER_PAUSED = Gauge(
+    "iot_consumer_paused",
+    "1 while the service holds its partitions back because it cannot deliver its output",
+    ["service"],
+)
 
 # Latency buckets from 0.25 ms to 30 s: per-image inference is sub-millisecond, end to end is seconds.
 LATENCY_BUCKETS = (
@@ -78,14 +87,18 @@ def serve_http(port: int, ready: Readiness, host: str = "0.0.0.0") -> WSGIServer
     return server
 
 
-def record_consumer_stats(service: str, stats_json: str) -> None:
-    """librdkafka `stats_cb`: export each assigned partition's consumer lag."""
+def record_consumer_stats(service: str, stats_json: str, assigned: Container[tuple[str, int]]) -> None:
+    """librdkafka `stats_cb`: export the consumer lag of each partition assigned to this member.
+
+    Statistics can lag behind a rebalance, so a partition given up since is skipped: two members
+    must never both report lag for one partition.
+    """
     stats = json.loads(stats_json)
     for topic, tstats in stats.get("topics", {}).items():
         for partition, pstats in tstats.get("partitions", {}).items():
             lag = pstats.get("consumer_lag", -1)
-            # -1 = unknown (not assigned here, or no position yet); the internal partition is -1 too.
-            if partition == "-1" or lag < 0:
+            # -1 = unknown (no position yet); librdkafka's internal partition is "-1".
+            if partition == "-1" or lag < 0 or (topic, int(partition)) not in assigned:
                 continue
             CONSUMER_LAG.labels(service, topic, partition).set(lag)
 

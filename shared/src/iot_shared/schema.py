@@ -1,7 +1,10 @@
 """The message contract between producer, inference and sink (see README, "Message contract").
 
-Decoding is strict: anything that breaks the contract raises `InvalidMessageError` with one of
-the fixed `DlqReason`s, so services can dead-letter it and go on.
+`ImageWire` and `PredictionWire` are the wire formats as pydantic models; `ImageMessage` and
+`PredictionMessage` are what the services handle. Decoding is strict and bounded: for any input it
+returns a valid message or raises `InvalidMessageError` with one of the fixed `DlqReason`s, so
+services can dead-letter it and go on. Each step is made safe on its own (size before parsing,
+parsing before validation, the PNG header before any pixel) rather than by catching everything.
 """
 
 from __future__ import annotations
@@ -10,18 +13,21 @@ import base64
 import binascii
 import io
 import json
-import math
+import struct
 import uuid
+import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic_core import ErrorDetails
 
 from iot_shared.errors import InvalidMessageError
 
-CLASSES: tuple[str, ...] = (
+ClassName = Literal[
     "airplane",
     "automobile",
     "bird",
@@ -32,11 +38,56 @@ CLASSES: tuple[str, ...] = (
     "horse",
     "ship",
     "truck",
-)
+]
+CLASSES: tuple[str, ...] = get_args(ClassName)  # in CIFAR-10 label order
 IMAGE_SIZE = 32
 MODEL_NAME = "cifar10_resnet20"
 
+# A valid image message is about 4 KB; anything far larger is refused before it is parsed.
+MAX_MESSAGE_BYTES = 64 * 1024
+# A 32x32 RGB PNG holds at most ~3.2 KB of pixel data; the rest leaves room for ancillary chunks.
+MAX_PNG_BYTES = 16 * 1024
+MAX_DATA_CHARS = 4 * -(-MAX_PNG_BYTES // 3)  # base64 of MAX_PNG_BYTES
+MAX_NAME_CHARS = 256  # Source and Model
+# Standard base64 as encoders write it, padded to groups of 4: b64decode(validate=True) takes all of it.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+# PIL's guard against decompression bombs, shrunk to our one image size. The PNG header is checked
+# before PIL sees the image, so this only backs that check up.
+Image.MAX_IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+
 Pixels = npt.NDArray[np.uint8]  # (32, 32, 3) RGB, HWC
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # no bools, no numeric strings
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Base64Png = Annotated[StrictStr, Field(max_length=MAX_DATA_CHARS, pattern=BASE64_PATTERN)]
+
+
+class _Wire(BaseModel):
+    # Unknown fields are ignored (and never looked into); inputs stay out of error texts.
+    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)
+
+
+class ImageWire(_Wire):
+    """`iot-topic` on the wire."""
+
+    id: uuid.UUID = Field(alias="ID", description="the image's ID (any UUID version)")
+    ground_truth: ClassName = Field(alias="GroundTruth", description="CIFAR-10 class name")
+    data: Base64Png = Field(alias="Data", description="base64 of a 32x32 RGB PNG")
+    produced_at: FiniteFloat = Field(alias="ProducedAt", description="Unix epoch seconds when sent")
+    source: Name = Field(alias="Source", description="producer ID")
+
+
+class PredictionWire(_Wire):
+    """`iot-predictions` on the wire."""
+
+    id: uuid.UUID = Field(alias="ID", description="the image's ID")
+    inferred_value: ClassName = Field(alias="InferredValue", description="predicted class name")
+    confidence: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] = Field(
+        alias="Confidence", description="softmax probability of that class"
+    )
+    model: Name = Field(alias="Model", description="the model's name")
+    inferred_at: FiniteFloat = Field(alias="InferredAt", description="Unix epoch seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +99,8 @@ class ImageMessage:
     png: bytes
     produced_at: float
     source: str
-    pixels: Pixels = field(compare=False, repr=False)  # decoded from `png`, kept to decode once
+    # Decoded from `png` once, for inference; None where the pixels were not asked for (the sink).
+    pixels: Pixels | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_pixels(
@@ -68,17 +120,16 @@ class ImageMessage:
         )
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> ImageMessage:
-        obj = _load(raw)
-        png = _base64_field(obj, "Data")
-        return cls(
-            id=_id_field(obj),
-            ground_truth=_class_field(obj, "GroundTruth"),
-            png=png,
-            produced_at=_number_field(obj, "ProducedAt"),
-            source=_str_field(obj, "Source"),
-            pixels=png_to_pixels(png),  # also validates: a 32x32 RGB PNG
-        )
+    def decode(cls, raw: bytes | None, *, with_pixels: bool = True) -> ImageMessage:
+        """Validate an image message; `with_pixels=False` checks the PNG header only."""
+        wire = _validate(ImageWire, raw)
+        png = _decode_base64(wire.data)
+        pixels: Pixels | None = None
+        if with_pixels:
+            pixels = png_to_pixels(png)  # checks the header first
+        else:
+            check_png_header(png)
+        return cls(str(wire.id), wire.ground_truth, png, wire.produced_at, wire.source, pixels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +155,8 @@ class PredictionMessage:
 
     @classmethod
     def decode(cls, raw: bytes | None) -> PredictionMessage:
-        obj = _load(raw)
-        confidence = _number_field(obj, "Confidence")
-        if not 0.0 <= confidence <= 1.0:
-            raise InvalidMessageError("invalid_field", f"Confidence {confidence} is not in [0, 1]")
-        return cls(
-            id=_id_field(obj),
-            inferred_value=_class_field(obj, "InferredValue"),
-            confidence=confidence,
-            inferred_at=_number_field(obj, "InferredAt"),
-            model=_str_field(obj, "Model"),
-        )
+        wire = _validate(PredictionWire, raw)
+        return cls(str(wire.id), wire.inferred_value, wire.confidence, wire.inferred_at, wire.model)
 
 
 def pixels_to_png(pixels: Pixels) -> bytes:
@@ -126,36 +168,93 @@ def pixels_to_png(pixels: Pixels) -> bytes:
     return buf.getvalue()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The first chunk: length, type, width, height, bit depth, colour type, compression, filter,
+# interlace, CRC.
+_IHDR = struct.Struct(">I4sIIBBBBBI")
+_RGB = 2  # PNG colour type
+
+
+def check_png_header(png: bytes) -> None:
+    """Refuse anything but a 32x32 8-bit RGB PNG from its header alone: no pixel is decoded."""
+    if not png.startswith(PNG_SIGNATURE):
+        raise InvalidMessageError("bad_image", "not a PNG")
+    if len(png) < len(PNG_SIGNATURE) + _IHDR.size:
+        raise InvalidMessageError("bad_image", "PNG header is truncated")
+    length, kind, width, height, depth, colour, compression, filter_, interlace, crc = _IHDR.unpack_from(
+        png, len(PNG_SIGNATURE)
+    )
+    if length != 13 or kind != b"IHDR" or zlib.crc32(png[12:29]) != crc:  # CRC of type and data
+        raise InvalidMessageError("bad_image", "PNG has no valid IHDR chunk first")
+    if (width, height, depth, colour) != (IMAGE_SIZE, IMAGE_SIZE, 8, _RGB):
+        raise InvalidMessageError(
+            "bad_image",
+            f"expected a 32x32 8-bit RGB PNG, the header declares {width}x{height}, "
+            f"bit depth {depth}, colour type {colour}",
+        )
+    if compression != 0 or filter_ != 0 or interlace not in (0, 1):
+        raise InvalidMessageError("bad_image", "PNG header has an unknown compression, filter or interlace")
+
+
+# What PIL raises on a broken PNG: its decoders report OSError (truncated or corrupt data), its chunk
+# parsers SyntaxError, EOFError, ValueError or struct.error.
+_PIL_ERRORS = (
+    OSError,
+    SyntaxError,
+    EOFError,
+    ValueError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+
+
 def png_to_pixels(png: bytes) -> Pixels:
     """Decode a PNG that must be 32x32 RGB; anything else is `bad_image`."""
+    check_png_header(png)
     try:
-        with Image.open(io.BytesIO(png)) as img:
-            if img.format != "PNG":
-                raise InvalidMessageError("bad_image", f"not a PNG but {img.format}")
-            if img.size != (IMAGE_SIZE, IMAGE_SIZE) or img.mode != "RGB":
-                raise InvalidMessageError(
-                    "bad_image", f"expected a 32x32 RGB image, got {img.size} {img.mode}"
-                )
-            return np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        # DecompressionBombError: a header that declares far more pixels than it holds; the size
-        # check above refuses smaller lies before any pixel is decoded.
-        raise InvalidMessageError("bad_image", f"cannot decode the image: {exc}") from exc
+        with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
+            if img.size != (IMAGE_SIZE, IMAGE_SIZE) or img.mode != "RGB":  # as the header said
+                raise InvalidMessageError("bad_image", f"PIL reads {img.size} {img.mode}")
+            pixels = np.asarray(img, dtype=np.uint8)
+    except _PIL_ERRORS as exc:
+        raise InvalidMessageError(
+            "bad_image", f"cannot decode the PNG: {type(exc).__name__}: {exc}"
+        ) from None
+    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise InvalidMessageError("bad_image", f"decoded to {pixels.shape}, not (32, 32, 3)")
+    return pixels.copy()
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
+WireModel = TypeVar("WireModel", bound=_Wire)
+
+
+def _validate(model: type[WireModel], raw: bytes | None) -> WireModel:
+    obj = _load(raw)
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        # `from None`: the inputs stay out of tracebacks (a field may hold 64 KiB or deep nesting).
+        raise _contract_error(exc.errors(include_url=False)[0]) from None
+
+
 def _load(raw: bytes | None) -> dict[str, Any]:
     if not raw:
         raise InvalidMessageError("not_json", "empty message")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidMessageError("too_large", f"{len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
     try:
-        obj = json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidMessageError("not_json", str(exc)) from exc
-    except RecursionError as exc:
-        raise InvalidMessageError("not_json", "nested too deeply") from exc
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise InvalidMessageError("not_json", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise InvalidMessageError("not_json", "nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise InvalidMessageError("not_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise InvalidMessageError("not_json", f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -166,52 +265,23 @@ def _reject_constant(name: str) -> float:
     raise InvalidMessageError("not_json", f"{name} is not a JSON value")
 
 
-def _field(obj: dict[str, Any], name: str) -> Any:
-    if name not in obj or obj[name] is None:
-        raise InvalidMessageError("missing_field", f"{name} is missing")
-    return obj[name]
+def _contract_error(error: ErrorDetails) -> InvalidMessageError:
+    """The first thing pydantic found wrong, as a dead-letter reason and a short detail."""
+    name = ".".join(str(part) for part in error["loc"]) or "message"
+    value = error["input"]
+    if error["type"] == "missing":
+        return InvalidMessageError("missing_field", f"{name} is missing")
+    if value is None:
+        return InvalidMessageError("missing_field", f"{name} is null")
+    if error["type"] == "literal_error" and isinstance(value, str):
+        return InvalidMessageError("unknown_class", f"{name} {value[:40]!r} is not a CIFAR-10 class")
+    if error["type"] == "string_pattern_mismatch" and name == "Data":
+        return InvalidMessageError("bad_base64", "Data is not valid base64")
+    return InvalidMessageError("invalid_field", f"{name}: {error['msg']}")
 
 
-def _str_field(obj: dict[str, Any], name: str) -> str:
-    value = _field(obj, name)
-    if not isinstance(value, str) or not value:
-        raise InvalidMessageError("invalid_field", f"{name} must be a non-empty string")
-    return value
-
-
-def _number_field(obj: dict[str, Any], name: str) -> float:
-    value = _field(obj, name)
-    # bool is an int in Python, but true is no timestamp.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidMessageError("invalid_field", f"{name} must be a number")
+def _decode_base64(data: str) -> bytes:
     try:
-        number = float(value)
-    except OverflowError as exc:  # an integer of hundreds of digits
-        raise InvalidMessageError("invalid_field", f"{name} is out of range") from exc
-    if not math.isfinite(number):
-        raise InvalidMessageError("invalid_field", f"{name} must be finite")
-    return number
-
-
-def _id_field(obj: dict[str, Any]) -> str:
-    value = _str_field(obj, "ID")
-    # A UUID keeps document IDs safe for CouchDB (no leading underscore, no slashes).
-    try:
-        return str(uuid.UUID(value))
-    except ValueError as exc:
-        raise InvalidMessageError("invalid_field", f"ID {value!r} is not a UUID") from exc
-
-
-def _class_field(obj: dict[str, Any], name: str) -> str:
-    value = _str_field(obj, name)
-    if value not in CLASSES:
-        raise InvalidMessageError("unknown_class", f"{name} {value!r} is not a CIFAR-10 class")
-    return value
-
-
-def _base64_field(obj: dict[str, Any], name: str) -> bytes:
-    value = _str_field(obj, name)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidMessageError("bad_base64", f"{name} is not valid base64: {exc}") from exc
+        return base64.b64decode(data, validate=True)
+    except binascii.Error as exc:  # BASE64_PATTERN lets none through; kept in case they ever differ
+        raise InvalidMessageError("bad_base64", f"Data is not valid base64: {exc}") from None

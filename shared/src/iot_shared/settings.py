@@ -7,6 +7,7 @@ inside `main()` and turns a validation error into a `ConfigError` that names the
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
@@ -33,9 +34,9 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "localhost:9092", min_length=1, description="Kafka bootstrap servers, host:port[,host:port]"
     )
-    kafka_extra_config: dict[str, str] = Field(
+    kafka_extra_config: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="Extra librdkafka settings as a JSON object, e.g. for SASL/TLS",
+        description="Extra librdkafka settings as a JSON object, e.g. for SASL/TLS (values never logged)",
     )
     images_topic: str = Field("iot-topic", min_length=1, description="Topic of incoming images")
     predictions_topic: str = Field("iot-predictions", min_length=1, description="Topic of predictions")
@@ -47,7 +48,45 @@ class ServiceSettings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for the start-up log line; SecretStr prints as '**********'."""
-        return {name: str(value) for name, value in self.model_dump().items()}
+        return {name: _masked(value) for name, value in self.model_dump().items()}
+
+    def kafka_extra(self) -> dict[str, str]:
+        """`kafka_extra_config` in the clear, for librdkafka only."""
+        return {key: value.get_secret_value() for key, value in self.kafka_extra_config.items()}
+
+
+class ConsumerSettings(ServiceSettings):
+    """Settings of a service that consumes in a group and commits what it processed."""
+
+    group_id: str = Field(min_length=1, description="Kafka consumer group")
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        description="Static group membership: a restarted member with the same ID gets its partitions "
+        "back at once, without a rebalance. Unique per instance; '{hostname}' is replaced",
+    )
+    session_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=300_000,
+        description="How long the group waits for a silent (killed) member before moving its partitions",
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1_000, description="Longest gap between two polls before the member leaves the group"
+    )
+    max_batch: int = Field(ge=1, le=10_000, description="Most messages in one batch")
+    max_wait_ms: int = Field(ge=1, description="Longest wait for a batch to fill")
+    delivery_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long to wait for a batch's output to be acknowledged before retrying it"
+    )
+    startup_timeout_seconds: float = Field(
+        120.0, gt=0, description="How long to wait at start for the broker, the topics (and CouchDB)"
+    )
+
+    def instance_id(self) -> str | None:
+        if self.group_instance_id is None:
+            return None
+        return self.group_instance_id.replace("{hostname}", socket.gethostname())
 
 
 class CouchSettings(ServiceSettings):
@@ -74,6 +113,12 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | N
         raise ConfigError(
             f"invalid settings:\n  {env_name(field)}: cannot parse the value ({exc.__cause__})"
         ) from None
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    return str(value)
 
 
 def env_name(field: str) -> str:

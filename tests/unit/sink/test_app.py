@@ -1,37 +1,33 @@
 from __future__ import annotations
 
+import uuid
+
+import numpy as np
 import requests
 from prometheus_client import REGISTRY
 
-from iot_shared.lifecycle import StopFlag
-from iot_sink.app import write_until_stored
+from iot_shared.consumer import GroupMember
+from iot_shared.schema import ImageMessage, PredictionMessage
+from iot_sink.app import storage_loop
+from iot_sink.documents import Update
+from iot_sink.settings import SinkSettings
 from iot_sink.store import WriteError
+from tests.unit.shared.fakes import FakeConsumer, RecordingPublisher
 
-
-class InstantStop(StopFlag):
-    """Records the back-off delays instead of sleeping them; can stop after N waits."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        super().__init__()
-        self.delays: list[float] = []
-        self.stop_after = stop_after
-
-    def wait(self, seconds: float) -> bool:
-        self.delays.append(seconds)
-        if self.stop_after is not None and len(self.delays) >= self.stop_after:
-            self.set()
-        return bool(self)
+SETTINGS = SinkSettings(images_topic="images", predictions_topic="preds", dlq_topic="dlq")
 
 
 class FlakyStore:
+    """Fails with the given errors first, then stores; keeps what it stored."""
+
     def __init__(self, failures: list[Exception]) -> None:
         self.failures = failures
-        self.calls = 0
+        self.stored: dict[str, Update] = {}
 
-    def write(self, updates: dict) -> int:
-        self.calls += 1
+    def write(self, updates: dict[str, Update]) -> int:
         if self.failures:
             raise self.failures.pop(0)
+        self.stored.update(updates)
         return len(updates)
 
 
@@ -39,22 +35,40 @@ def retries() -> float:
     return REGISTRY.get_sample_value("iot_sink_write_retries_total") or 0.0
 
 
-def test_couchdb_errors_are_retried_with_growing_backoff_until_the_write_succeeds() -> None:
-    errors: list[Exception] = [requests.ConnectionError("down")] * 3 + [WriteError("forbidden")]
-    store, stop, before = FlakyStore(errors), InstantStop(), retries()
-    assert write_until_stored(store, {"id": None}, stop) is True  # type: ignore[arg-type, dict-item]
-    assert store.calls == 5
-    assert stop.delays == [0.5, 1.0, 2.0, 4.0]
-    assert retries() == before + 4
+def image(i: int) -> ImageMessage:
+    pixels = np.full((32, 32, 3), i, np.uint8)
+    return ImageMessage.from_pixels(str(uuid.UUID(int=i)), "cat", pixels, 1.0, "t")
 
 
-def test_stopping_mid_retry_reports_the_batch_as_not_stored() -> None:
-    store = FlakyStore([requests.ConnectionError("down")] * 100)
-    assert write_until_stored(store, {}, InstantStop(stop_after=3)) is False  # type: ignore[arg-type]
-    assert store.calls == 3
+def test_images_and_predictions_of_a_batch_are_merged_per_id_and_committed() -> None:
+    images = [image(i) for i in range(3)]
+    consumer = FakeConsumer(
+        {
+            ("images", 0): [m.encode() for m in images],
+            ("preds", 0): [PredictionMessage(images[0].id, "dog", 0.5, 2.0).encode(), b"nope"],
+        }
+    )
+    store, publisher = FlakyStore([]), RecordingPublisher()
+    loop = storage_loop(SETTINGS, GroupMember(consumer, "sink"), publisher, store)  # type: ignore[arg-type]
+    assert loop.step() is True
+    assert sorted(store.stored) == sorted(m.id for m in images)
+    assert store.stored[images[0].id].fields["InferredValue"] == "dog"
+    assert [reason for reason, _, _ in publisher.dead_letters()] == ["not_json"]
+    assert consumer.committed == {("images", 0): 3, ("preds", 0): 2}
 
 
-def test_backoff_is_capped() -> None:
-    store, stop = FlakyStore([requests.Timeout("slow")] * 12), InstantStop()
-    assert write_until_stored(store, {}, stop)  # type: ignore[arg-type]
-    assert max(stop.delays) == 30.0
+def test_couchdb_trouble_holds_the_batch_back_and_counts_retries_until_it_is_stored() -> None:
+    consumer = FakeConsumer({("images", 0): [image(i).encode() for i in range(4)]})
+    errors: list[Exception] = [
+        requests.ConnectionError("down"),
+        requests.Timeout("slow"),
+        WriteError("refused"),
+    ]
+    store, before = FlakyStore(errors), retries()
+    loop = storage_loop(SETTINGS, GroupMember(consumer, "sink"), RecordingPublisher(), store)  # type: ignore[arg-type]
+    loop.backoff = lambda: lambda: 0.0
+    loop._next_delay = loop.backoff()
+    assert [loop.step() for _ in range(4)] == [False, False, False, True]
+    assert retries() == before + 3
+    assert len(store.stored) == 4
+    assert consumer.committed == {("images", 0): 4}

@@ -1,7 +1,8 @@
 """Consume images, classify them in micro-batches, publish predictions, then commit.
 
-At-least-once: a batch's offsets are committed only after every prediction and dead letter
-of that batch is acknowledged by the broker; if that fails, the batch is consumed again.
+At-least-once (see `iot_shared.batch_loop`): a batch's offsets are committed only after every
+prediction and dead letter of that batch is acknowledged by the broker; if that fails, the
+batch is consumed again.
 """
 
 from __future__ import annotations
@@ -25,32 +26,27 @@ from iot_inference.metrics import (
 )
 from iot_inference.model import load_resnet20
 from iot_inference.settings import InferenceSettings
-from iot_shared.consumer import commit_processed, make_consumer, rewind, usable
+from iot_shared.batch_loop import BatchLoop
+from iot_shared.consumer import GroupMember, join_group
 from iot_shared.dead_letters import DeadLetters
-from iot_shared.errors import InvalidMessageError
-from iot_shared.lifecycle import StopFlag, backoff_delays
+from iot_shared.kafka import wait_for_topics
+from iot_shared.lifecycle import StopFlag
 from iot_shared.metrics import BUILD_INFO, serve_http
 from iot_shared.publisher import Publisher
-from iot_shared.schema import MODEL_NAME, ImageMessage, PredictionMessage
+from iot_shared.schema import MODEL_NAME, ImageMessage, Pixels, PredictionMessage
 
 log = logging.getLogger("iot_inference")
 SERVICE = "inference"
 
 
-def classify_batch(
-    records: Sequence[Message], classifier: Classifier, dead_letters: DeadLetters
-) -> list[PredictionMessage]:
-    """Decode the batch, dead-letter what breaks the contract, classify the rest in one pass."""
-    images: list[ImageMessage] = []
-    for record in records:
-        try:
-            images.append(ImageMessage.decode(record.value()))
-        except InvalidMessageError as exc:
-            dead_letters.send(record, exc)
-    if not images:
-        return []
+def decode_image(record: Message) -> ImageMessage:
+    return ImageMessage.decode(record.value())
+
+
+def classify(images: Sequence[ImageMessage], classifier: Classifier) -> list[PredictionMessage]:
+    """Classify a batch of decoded images in one forward pass."""
     started = time.perf_counter()
-    predictions = classifier.predict([image.pixels for image in images])
+    predictions = classifier.predict([_pixels(image) for image in images])
     elapsed = time.perf_counter() - started
     BATCH_SECONDS.observe(elapsed)
     IMAGE_SECONDS.observe(elapsed / len(images))
@@ -60,6 +56,12 @@ def classify_batch(
         PredictionMessage(image.id, p.label, p.confidence, inferred_at=now)
         for image, p in zip(images, predictions, strict=True)
     ]
+
+
+def _pixels(image: ImageMessage) -> Pixels:
+    if image.pixels is None:
+        raise ValueError(f"image {image.id} was decoded without its pixels")
+    return image.pixels
 
 
 def load_classifier(settings: InferenceSettings) -> Classifier:
@@ -73,33 +75,39 @@ def load_classifier(settings: InferenceSettings) -> Classifier:
     return classifier
 
 
+def classification_loop(
+    settings: InferenceSettings, member: GroupMember, publisher: Publisher, classifier: Classifier
+) -> BatchLoop[ImageMessage]:
+    def publish_predictions(images: list[ImageMessage]) -> None:
+        for prediction in classify(images, classifier):
+            publisher.send(settings.predictions_topic, prediction.encode(), key=prediction.id)
+            PREDICTIONS.labels(prediction.inferred_value).inc()
+
+    return BatchLoop(
+        member,
+        publisher,
+        DeadLetters(publisher, settings.dlq_topic, SERVICE),
+        decode=decode_image,
+        handle=publish_predictions,
+        max_batch=settings.max_batch,
+        max_wait_seconds=settings.max_wait_ms / 1000,
+        delivery_timeout_seconds=settings.delivery_timeout_seconds,
+    )
+
+
 def run(settings: InferenceSettings, stop: StopFlag) -> int:
     classifier = load_classifier(settings)
+    wait_for_topics(settings, [settings.images_topic], stop, settings.startup_timeout_seconds)
     publisher = Publisher(settings, SERVICE)
-    dead_letters = DeadLetters(publisher, settings.dlq_topic, SERVICE)
-    consumer = make_consumer(settings, SERVICE, settings.group_id, [settings.images_topic])
-    next_delay = backoff_delays()
+    member = join_group(settings, SERVICE, [settings.images_topic])
+    loop = classification_loop(settings, member, publisher, classifier)
     with ExitStack() as cleanup:
         # Closed in reverse: stop serving, leave the group, then flush what is left.
         cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
-        cleanup.callback(consumer.close)
-        server = serve_http(settings.metrics_port, publisher.readiness)
+        cleanup.callback(member.close)
+        server = serve_http(settings.metrics_port, loop.readiness)
         if server is not None:
             cleanup.callback(server.shutdown)
         log.info("classifying %s -> %s", settings.images_topic, settings.predictions_topic)
-        while not stop:
-            records = usable(SERVICE, consumer.consume(settings.max_batch, settings.max_wait_ms / 1000))
-            if not records:
-                continue
-            for prediction in classify_batch(records, classifier, dead_letters):
-                publisher.send(settings.predictions_topic, prediction.encode(), key=prediction.id)
-                PREDICTIONS.labels(prediction.inferred_value).inc()
-            if publisher.flush(settings.delivery_timeout_seconds):
-                delay = next_delay()
-                log.error("batch not acknowledged; consuming it again in %.1fs", delay)
-                rewind(consumer, records)
-                stop.wait(delay)
-                continue
-            next_delay = backoff_delays()
-            commit_processed(consumer, records)
+        loop.run(stop)
     return 0

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from iot_shared.settings import ServiceSettings
+from iot_shared.settings import ConsumerSettings
 
 
-class InferenceSettings(ServiceSettings):
+class InferenceSettings(ConsumerSettings):
     metrics_port: int = Field(
         8002, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )
@@ -22,6 +22,3 @@ class InferenceSettings(ServiceSettings):
     max_batch: int = Field(64, ge=1, le=4096, description="Most images in one forward pass")
     max_wait_ms: int = Field(50, ge=1, description="Longest wait for a batch to fill before running it")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
-    delivery_timeout_seconds: float = Field(
-        30.0, gt=0, description="How long to wait for a batch's predictions to be acknowledged"
-    )

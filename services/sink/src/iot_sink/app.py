@@ -1,29 +1,33 @@
 """Consume images and predictions, merge them into one CouchDB document per image, then commit.
 
-At-least-once: offsets are committed only after the batch is in CouchDB. While CouchDB is
-down the same batch is retried with backoff; nothing is skipped and the process stays up.
+At-least-once (see `iot_shared.batch_loop`): offsets are committed only after the batch is in
+CouchDB. While CouchDB is down the sink holds its partitions back (paused, still polling, so it
+stays in its group) and tries the same batch again with backoff; nothing is skipped.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
 import requests
 from confluent_kafka import Message
 from ibm_cloud_sdk_core import ApiException
 from ibmcloudant.cloudant_v1 import CloudantV1
 
-from iot_shared.consumer import commit_processed, make_consumer, rewind, usable
+from iot_shared.batch_loop import BatchLoop, RetryLaterError
+from iot_shared.consumer import GroupMember, join_group
 from iot_shared.couch import ensure_database, make_client, ping
 from iot_shared.dead_letters import DeadLetters
-from iot_shared.errors import ConfigError, InvalidMessageError
-from iot_shared.lifecycle import StopFlag, backoff_delays, wait_until
+from iot_shared.errors import ConfigError
+from iot_shared.kafka import wait_for_topics
+from iot_shared.lifecycle import StopFlag, wait_until
 from iot_shared.metrics import serve_http
 from iot_shared.publisher import Publisher
 from iot_shared.schema import ImageMessage, PredictionMessage
-from iot_sink.documents import Update, group_by_id
+from iot_sink.documents import group_by_id
 from iot_sink.metrics import WRITE_RETRIES
 from iot_sink.settings import SinkSettings
 from iot_sink.store import DocumentStore, WriteError
@@ -36,32 +40,27 @@ COUCH_ERRORS = (ApiException, requests.RequestException)
 WRITE_ERRORS = (*COUCH_ERRORS, WriteError)
 
 
-def decode_batch(
-    records: Sequence[Message], images_topic: str, dead_letters: DeadLetters
-) -> dict[str, Update]:
-    messages: list[ImageMessage | PredictionMessage] = []
-    for record in records:
-        decode = ImageMessage.decode if record.topic() == images_topic else PredictionMessage.decode
-        try:
-            messages.append(decode(record.value()))
-        except InvalidMessageError as exc:
-            dead_letters.send(record, exc)
-    return group_by_id(messages)
+def message_decoder(images_topic: str) -> Callable[[Message], ImageMessage | PredictionMessage]:
+    def decode(record: Message) -> ImageMessage | PredictionMessage:
+        if record.topic() == images_topic:
+            # The sink stores the PNG as it came: its header is checked, its pixels never decoded.
+            return ImageMessage.decode(record.value(), with_pixels=False)
+        return PredictionMessage.decode(record.value())
+
+    return decode
 
 
-def write_until_stored(store: DocumentStore, updates: dict[str, Update], stop: StopFlag) -> bool:
-    """Retry the same write with backoff until it succeeds (True) or the service stops (False)."""
-    next_delay = backoff_delays()
-    while not stop:
+def document_writer(store: DocumentStore) -> Callable[[list[ImageMessage | PredictionMessage]], None]:
+    """`handle` for the batch loop: one merged write per batch; CouchDB trouble means retry later."""
+
+    def write(messages: list[ImageMessage | PredictionMessage]) -> None:
         try:
-            store.write(updates)
-            return True
+            store.write(group_by_id(messages))
         except WRITE_ERRORS as exc:
-            delay = next_delay()
             WRITE_RETRIES.inc()
-            log.warning("CouchDB write failed (%s); retrying in %.1fs", _short(exc), delay)
-            stop.wait(delay)
-    return False
+            raise RetryLaterError(f"CouchDB write failed: {_short(exc)}") from exc
+
+    return write
 
 
 def connect_couch(settings: SinkSettings, stop: StopFlag) -> CloudantV1:
@@ -83,41 +82,45 @@ def connect_couch(settings: SinkSettings, stop: StopFlag) -> CloudantV1:
     return client
 
 
+def storage_loop(
+    settings: SinkSettings, member: GroupMember, publisher: Publisher, store: DocumentStore
+) -> BatchLoop[ImageMessage | PredictionMessage]:
+    return BatchLoop(
+        member,
+        publisher,
+        DeadLetters(publisher, settings.dlq_topic, SERVICE),
+        decode=message_decoder(settings.images_topic),
+        handle=document_writer(store),
+        max_batch=settings.max_batch,
+        max_wait_seconds=settings.max_wait_ms / 1000,
+        delivery_timeout_seconds=settings.delivery_timeout_seconds,
+    )
+
+
 def run(settings: SinkSettings, stop: StopFlag) -> int:
     client = connect_couch(settings, stop)
-    store = DocumentStore(client, settings.couchdb_db)
-    publisher = Publisher(settings, SERVICE)
-    dead_letters = DeadLetters(publisher, settings.dlq_topic, SERVICE)
     topics = [settings.images_topic, settings.predictions_topic]
-    consumer = make_consumer(settings, SERVICE, settings.group_id, topics)
+    wait_for_topics(settings, topics, stop, settings.startup_timeout_seconds)
+    publisher = Publisher(settings, SERVICE)
+    member = join_group(settings, SERVICE, topics)
+    loop = storage_loop(settings, member, publisher, DocumentStore(client, settings.couchdb_db))
     with ExitStack() as cleanup:
-        cleanup.callback(publisher.flush, 30.0)
-        cleanup.callback(consumer.close)
-        server = serve_http(settings.metrics_port, lambda: _readiness(client, settings, publisher))
+        cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
+        cleanup.callback(member.close)
+        server = serve_http(settings.metrics_port, lambda: _readiness(client, settings, loop))
         if server is not None:
             cleanup.callback(server.shutdown)
         log.info("storing %s into %s/%s", " + ".join(topics), settings.couchdb_url, settings.couchdb_db)
-        while not stop:
-            records = usable(SERVICE, consumer.consume(settings.max_batch, settings.max_wait_ms / 1000))
-            if not records:
-                continue
-            updates = decode_batch(records, settings.images_topic, dead_letters)
-            if updates and not write_until_stored(store, updates, stop):
-                break  # stopping mid-retry: leave the batch uncommitted for the next start
-            if publisher.flush(30.0):
-                log.error("dead letters not acknowledged; consuming the batch again")
-                rewind(consumer, records)
-                continue
-            commit_processed(consumer, records)
+        loop.run(stop)
     return 0
 
 
-def _readiness(client: CloudantV1, settings: SinkSettings, publisher: Publisher) -> tuple[bool, str]:
+def _readiness(client: CloudantV1, settings: SinkSettings, loop: BatchLoop[Any]) -> tuple[bool, str]:
     try:
         ping(client, settings.couchdb_db)
     except COUCH_ERRORS as exc:
         return False, f"couchdb not ready: {_short(exc)}"
-    return publisher.readiness()
+    return loop.readiness()
 
 
 def _short(exc: BaseException) -> str:

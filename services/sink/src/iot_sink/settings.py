@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from iot_shared.settings import CouchSettings
+from iot_shared.settings import ConsumerSettings, CouchSettings
 
 
-class SinkSettings(CouchSettings):
+class SinkSettings(CouchSettings, ConsumerSettings):
     metrics_port: int = Field(
         8003, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )
     group_id: str = Field("sink", min_length=1, description="Kafka consumer group")
     max_batch: int = Field(500, ge=1, le=10000, description="Most messages in one CouchDB bulk write")
     max_wait_ms: int = Field(200, ge=1, description="Longest wait for a batch to fill")
-    startup_timeout_seconds: float = Field(120.0, gt=0, description="How long to wait for CouchDB at start")

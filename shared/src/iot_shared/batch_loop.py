@@ -1,0 +1,122 @@
+"""The at-least-once loop both consumers run: consume → decode → handle → flush → commit.
+
+A service supplies only `decode` (one record to a message) and `handle` (a batch of messages to
+its output). The loop guarantees the rest:
+
+- Decoding never stops the service: a record that is not a valid message goes to the
+  dead-letter topic with its reason; one that fails in a way nobody foresaw goes there too, as
+  `undecodable`, with the exception's type in `dlq.detail`.
+- A batch's offsets are committed only after `handle` returned and everything the batch
+  produced (outputs and dead letters) is acknowledged by the broker.
+- When that fails (`handle` raised one of `retry_on`, or a delivery failed), the member holds its
+  partitions back: paused and rewound to the batch's first offsets, it keeps polling, so it stays
+  in the group however long the outage lasts; after a back-off it resumes and the batch is
+  consumed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from confluent_kafka import Message
+
+from iot_shared.consumer import GroupMember
+from iot_shared.dead_letters import DeadLetters
+from iot_shared.errors import InvalidMessageError, PipelineError
+from iot_shared.lifecycle import StopFlag, backoff_delays
+from iot_shared.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RetryLaterError(PipelineError):
+    """The batch could not be finished now (its output is unreachable); consume it again later."""
+
+
+@dataclass
+class BatchLoop(Generic[T]):
+    member: GroupMember
+    publisher: Publisher
+    dead_letters: DeadLetters
+    decode: Callable[[Message], T]
+    handle: Callable[[list[T]], None]
+    max_batch: int
+    max_wait_seconds: float
+    delivery_timeout_seconds: float
+    retry_on: tuple[type[BaseException], ...] = ()
+    backoff: Callable[[], Callable[[], float]] = backoff_delays
+    _next_delay: Callable[[], float] = field(init=False)
+    _resume_at: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._next_delay = self.backoff()
+
+    def run(self, stop: StopFlag) -> None:
+        while not stop:
+            self.step()
+
+    def step(self) -> bool | None:
+        """One poll and, if it brought records, one batch: True = committed, False = held back."""
+        self.member.raise_if_fatal()
+        wait = self.max_wait_seconds
+        if self._resume_at is not None:
+            remaining = self._resume_at - time.monotonic()
+            if remaining <= 0:
+                self._resume_at = None
+                self.member.resume()
+            else:
+                wait = min(wait, remaining)
+        records = self.member.consume(self.max_batch, wait)
+        return self.process(records) if records else None
+
+    def process(self, records: Sequence[Message]) -> bool:
+        messages = self.decode_all(records)
+        try:
+            if messages:
+                self.handle(messages)
+            failures = self.publisher.flush(self.delivery_timeout_seconds)
+            if failures:
+                raise RetryLaterError(f"{len(failures)} messages not acknowledged by the broker")
+        except (RetryLaterError, *self.retry_on) as exc:  # type: ignore[misc]  # a tuple of classes
+            self._hold_back(records, exc)
+            return False
+        self._next_delay = self.backoff()
+        self.member.commit(records)
+        return True
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /readyz: the consumer can go on and a broker answers."""
+        if self.member.fatal is not None:
+            return False, f"kafka consumer failed: {self.member.fatal.str()}"
+        return self.publisher.readiness()
+
+    def decode_all(self, records: Sequence[Message]) -> list[T]:
+        messages = []
+        for record in records:
+            try:
+                messages.append(self.decode(record))
+            except InvalidMessageError as exc:
+                self.dead_letters.send(record, exc)
+            except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+                self.dead_letters.send(record, InvalidMessageError("undecodable", detail))
+        return messages
+
+    def _hold_back(self, records: Sequence[Message], exc: BaseException) -> None:
+        delay = self._next_delay()
+        log.warning(
+            "batch of %d not finished (%s); holding back, again in %.1fs", len(records), _short(exc), delay
+        )
+        self.member.hold_back(records)
+        self._resume_at = time.monotonic() + delay
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

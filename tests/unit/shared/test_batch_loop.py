@@ -1,0 +1,172 @@
+"""The shared at-least-once loop: what gets committed, dead-lettered, held back and redelivered."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from confluent_kafka import KafkaError, Message, TopicPartition
+from prometheus_client import REGISTRY
+
+from iot_shared.batch_loop import BatchLoop, RetryLaterError
+from iot_shared.consumer import FatalConsumerError, GroupMember
+from iot_shared.dead_letters import MAX_RECORD_BYTES, DeadLetters
+from iot_shared.errors import InvalidMessageError
+from iot_shared.metrics import record_consumer_stats
+from tests.unit.shared.fakes import FakeConsumer, RecordingPublisher
+
+
+def decode(record: Message) -> int:
+    value = record.value()
+    if value == b"bad":
+        raise InvalidMessageError("not_json", "bad")
+    if value == b"boom":
+        raise RecursionError("maximum recursion depth exceeded")
+    return int(value or b"")
+
+
+class Handler:
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.batches: list[list[int]] = []
+
+    def __call__(self, batch: list[int]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RetryLaterError("store down")
+        self.batches.append(batch)
+
+
+def make_loop(
+    consumer: FakeConsumer,
+    handler: Handler,
+    publisher: RecordingPublisher | None = None,
+    max_batch: int = 100,
+) -> tuple[BatchLoop[int], RecordingPublisher]:
+    publisher = publisher or RecordingPublisher()
+    loop = BatchLoop(
+        GroupMember(consumer, "unit"),  # type: ignore[arg-type]
+        publisher,  # type: ignore[arg-type]
+        DeadLetters(publisher, "dlq", "unit"),  # type: ignore[arg-type]
+        decode=decode,
+        handle=handler,
+        max_batch=max_batch,
+        max_wait_seconds=0.01,
+        delivery_timeout_seconds=1.0,
+        backoff=lambda: lambda: 0.0,  # resume at the next step: no sleeping in unit tests
+    )
+    return loop, publisher
+
+
+def test_a_handled_batch_is_committed_one_past_its_last_record_per_partition() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2"], ("t", 1): [b"3"]})
+    handler = Handler()
+    loop, _ = make_loop(consumer, handler)
+    assert loop.step() is True
+    assert handler.batches == [[1, 2, 3]]
+    assert consumer.committed == {("t", 0): 2, ("t", 1): 1}
+
+
+def test_invalid_and_undecodable_records_are_dead_lettered_and_the_rest_goes_on() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"bad", b"boom", b"4"]})
+    handler = Handler()
+    loop, publisher = make_loop(consumer, handler)
+    assert loop.step() is True
+    assert handler.batches == [[1, 4]]
+    reasons = [(reason, headers["dlq.detail"]) for reason, _, headers in publisher.dead_letters()]
+    assert reasons == [
+        ("not_json", b"bad"),
+        ("undecodable", b"RecursionError: maximum recursion depth exceeded"),
+    ]
+    assert consumer.committed == {("t", 0): 4}
+
+
+def test_a_failed_batch_is_held_back_then_consumed_again_from_its_first_offset() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3"], ("t", 1): [b"4", b"5"]})
+    handler = Handler(failures=2)
+    loop, _ = make_loop(consumer, handler, max_batch=2)
+
+    assert loop.step() is False  # records 1, 2 of partition 0: the store is down
+    assert consumer.paused == {("t", 0), ("t", 1)}
+    assert consumer.committed == {}
+    assert REGISTRY.get_sample_value("iot_consumer_paused", {"service": "unit"}) == 1
+
+    assert loop.step() is False  # resumed, the same records, still down
+    assert loop.step() is True
+    assert loop.step() is True
+    assert loop.step() is True
+    assert [x for batch in handler.batches for x in batch] == [1, 2, 3, 4, 5]  # nothing skipped
+    assert consumer.committed == {("t", 0): 3, ("t", 1): 2}
+    assert consumer.paused == set()
+    assert REGISTRY.get_sample_value("iot_consumer_paused", {"service": "unit"}) == 0
+
+
+def test_the_member_keeps_polling_while_held_back() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1"]})
+    loop, _ = make_loop(consumer, Handler(failures=1))
+    loop.backoff = lambda: lambda: 3600.0
+    loop._next_delay = loop.backoff()
+    assert loop.step() is False
+    polls = consumer.polls
+    for _ in range(3):
+        assert loop.step() is None  # paused: nothing handed out, but the group sees us poll
+    assert consumer.polls == polls + 3
+    assert consumer.paused == {("t", 0)}
+
+
+def test_unacknowledged_output_holds_the_batch_back_like_a_failed_write() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2"]})
+    publisher = RecordingPublisher(failures_to_report=[[KafkaError(KafkaError._MSG_TIMED_OUT)]])
+    handler = Handler()
+    loop, _ = make_loop(consumer, handler, publisher)
+    assert loop.step() is False
+    assert consumer.committed == {}
+    assert loop.step() is True
+    assert handler.batches == [[1, 2], [1, 2]]  # handled again: its output is resent
+    assert consumer.committed == {("t", 0): 2}
+
+
+def test_a_partition_whose_commit_failed_is_reported() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1"], ("t", 1): [b"2"]})
+    consumer.commit_errors[("t", 1)] = KafkaError(KafkaError.REBALANCE_IN_PROGRESS)
+    loop, _ = make_loop(consumer, Handler())
+    member = loop.member
+    records = member.consume(10, 0)
+    assert member.commit(records) is False
+    assert consumer.committed == {("t", 0): 1}
+
+
+def test_a_fatal_consumer_error_stops_the_loop_with_a_clear_message() -> None:
+    loop, _ = make_loop(FakeConsumer({("t", 0): []}), Handler())
+    loop.member.on_error(KafkaError(KafkaError._FENCED, "fenced by a member with the same ID", fatal=True))
+    with pytest.raises(FatalConsumerError, match="fenced"):
+        loop.step()
+    assert loop.readiness()[0] is False
+
+
+def test_lag_is_reported_only_for_partitions_this_member_holds() -> None:
+    member = GroupMember(FakeConsumer({}), "lagtest")  # type: ignore[arg-type]
+    member.on_assign(None, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
+    stats = {"topics": {"t": {"partitions": {str(p): {"consumer_lag": 7} for p in (0, 1, 2)}}}}
+    record_consumer_stats("lagtest", json.dumps(stats), member.assigned)
+
+    def lag(partition: int) -> float | None:
+        labels = {"service": "lagtest", "topic": "t", "partition": str(partition)}
+        return REGISTRY.get_sample_value("iot_consumer_lag_messages", labels)
+
+    assert (lag(0), lag(1), lag(2)) == (7, 7, None)
+    member.on_revoke(None, [TopicPartition("t", 1)])  # type: ignore[arg-type]
+    record_consumer_stats("lagtest", json.dumps(stats), member.assigned)  # stale statistics
+    assert (lag(0), lag(1)) == (7, None)
+    member.on_lost(None, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    assert lag(0) is None
+
+
+def test_a_dead_letter_of_a_record_just_under_the_broker_limit_still_fits() -> None:
+    publisher = RecordingPublisher()
+    record = Message(topic="iot-topic", partition=0, offset=9, key=b"k", value=b"x" * 999_850)
+    DeadLetters(publisher, "dlq", "unit").send(record, InvalidMessageError("too_large", "big"))  # type: ignore[arg-type]
+    [(_, value, key, headers)] = publisher.sent
+    assert len(value) + len(key or "") + sum(len(k) + len(v) for k, v in headers.items()) <= MAX_RECORD_BYTES
+    assert headers["dlq.truncated.from"] == b"999850"
+    assert value == b"x" * len(value) and len(value) > 900_000
