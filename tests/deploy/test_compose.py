@@ -329,6 +329,7 @@ def test_services_restart_share_one_network_and_keep_data_on_named_volumes(resol
         "couchdb": "/opt/couchdb/data",
         "prometheus": "/prometheus",
         "grafana": "/var/lib/grafana",
+        "producer": "/var/lib/iot-producer",
     }
     for name, service in services.items():
         assert set(service["networks"]) == {"pipeline"}, name

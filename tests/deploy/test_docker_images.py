@@ -137,10 +137,16 @@ def test_final_stage_holds_only_the_virtualenv_and_its_data(
     copied = [(c.flag("from"), *c.operands) for c in copies]
     assert ("deps", "/opt/venv", "/opt/venv") in copied
     assert ("builder", "/opt/project/opt/venv", "/opt/venv") in copied
-    # Nothing is installed in the runtime stage: no compiler, pip or uv reaches the image.
-    assert [r.args for r in final.all("RUN")] == [
-        "useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin iot"
-    ]
+    # Nothing is installed in the runtime stage: no compiler, pip or uv reaches the image. It only
+    # adds the service's user (and the producer the folder of its run state, owned by that user).
+    [run] = [r.args for r in final.all("RUN")]
+    assert run.startswith("useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin iot")
+    assert re.sub(
+        r"\s+", " ", run.removeprefix("useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin iot")
+    ) in {
+        "",
+        " && install -d -o 10001 -g 10001 -m 0700 /var/lib/iot-producer" if role == "producer" else "",
+    }
     assert "python -m venv --without-pip /opt/venv" in builder_runs(dockerfiles[role])
 
 

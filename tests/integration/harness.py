@@ -138,6 +138,8 @@ class Pipeline:
             "IOT_METRICS_PORT": "0",
             "IOT_WEIGHTS": str(WEIGHTS),
             "IOT_DATA_DIR": str(CIFAR_DIR),
+            # The producer's unfinished-run state, private to this pipeline.
+            "IOT_STATE_DIR": str(self.logs / f"{self.name}-producer-state"),
             **extra,
         }
 

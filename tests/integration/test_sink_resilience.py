@@ -47,17 +47,22 @@ def test_conflicting_writer_is_merged_not_overwritten(stack: Stack) -> None:
         other = dict(stale, InferredValue="airplane", Confidence=0.9, Model="m", InferredAt=6.0)
         assert stack.couch("PUT", f"{db}/{image_id}", json=other).status_code == 201
 
+        # This sink, working from the stale read, has a replayed image and another prediction:
+        # its write conflicts, and merging again with the other writer's revision adds nothing.
         reads = iter([{image_id: stale}])
         real_read = store._read
         store._read = lambda ids: next(reads, None) or real_read(ids)  # type: ignore[method-assign]
         before = REGISTRY.get_sample_value("iot_sink_conflicts_resolved_total") or 0.0
-        replayed = ImageMessage(image_id, "bird", image.png, 5.0, "replayed-source", image.pixels)
-        store.write(group_by_id([replayed]))
+        replayed = ImageMessage(image_id, "bird", image.png, 7.0, "replayed-source", image.pixels)
+        late = PredictionMessage(image_id, "bird", 0.4, 8.0)
+        assert store.write(group_by_id([replayed, late])) == 0
 
         doc = stack.couch("GET", f"{db}/{image_id}").json()
         assert REGISTRY.get_sample_value("iot_sink_conflicts_resolved_total") == before + 1
-        assert (doc["InferredValue"], doc["Source"]) == ("airplane", "replayed-source")
-        assert doc["_rev"].startswith("3-")
+        # First writer wins, field by field.
+        assert (doc["Source"], doc["ProducedAt"]) == ("t", 5.0)
+        assert (doc["InferredValue"], doc["Confidence"], doc["InferredAt"]) == ("airplane", 0.9, 6.0)
+        assert doc["_rev"].startswith("2-")
     finally:
         stack.couch("DELETE", db)
 
@@ -104,13 +109,19 @@ def private_couch(stack: Stack, tmp_path: Path) -> Iterator[PrivateCouch]:
     couch.stop()
 
 
-def test_sink_rides_out_a_couchdb_outage_without_losing_anything(
+def test_sink_rides_out_a_couchdb_outage_longer_than_its_poll_interval_without_losing_anything(
     private_couch: PrivateCouch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     pipeline = Pipeline(private_couch.stack, tmp_path_factory.mktemp("logs"))
     pipeline.create_topics()
     try:
-        pipeline.start("sink", IOT_METRICS_PORT=str(metrics_port := free_port()))
+        # A member that stops polling for 6 s leaves its group; the outage below lasts longer.
+        pipeline.start(
+            "sink",
+            IOT_METRICS_PORT=str(metrics_port := free_port()),
+            IOT_MAX_POLL_INTERVAL_MS="6000",
+            IOT_SESSION_TIMEOUT_MS="6000",
+        )
         first = _messages(20)
         pipeline.send_raw(pipeline.images_topic, [m.encode() for m in first])
         wait_for("the first documents", lambda: len(pipeline.documents()) == 20, 60, pipeline.alive)
@@ -122,12 +133,24 @@ def test_sink_rides_out_a_couchdb_outage_without_losing_anything(
             pipeline.predictions_topic,
             [PredictionMessage(m.id, "cat", 0.5, 7.0).encode() for m in first + second],
         )
-        wait_for("write retries", lambda: _retries(metrics_port) >= 2, 60, pipeline.alive)
+        # Back-offs of 0.5 + 1 + 2 + 4 s: the fifth retry comes after more than 6 s of outage.
+        wait_for(
+            "write retries",
+            lambda: _metric(metrics_port, "iot_sink_write_retries_total") >= 5,
+            60,
+            pipeline.alive,
+        )
+        assert _metric(metrics_port, 'iot_consumer_paused{service="sink"}') == 1
 
         private_couch.start()
         docs = pipeline.wait_for_complete(50, timeout=120)
         assert len(pipeline.documents()) == 50
         assert {d["_id"] for d in docs} == {m.id for m in first + second}
+        # It held its partitions throughout: never revoked, never lost to the group.
+        for event in ("revoke", "lost"):
+            assert (
+                _metric(metrics_port, f'iot_consumer_rebalances_total{{service="sink",event="{event}"}}') == 0
+            )
     finally:
         pipeline.close()
 
@@ -142,13 +165,13 @@ def _messages(n: int) -> list[ImageMessage]:
     ]
 
 
-def _retries(port: int) -> float:
+def _metric(port: int, series: str) -> float:
     try:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except requests.RequestException:
         return 0.0
     for line in text.splitlines():
-        if line.startswith("iot_sink_write_retries_total "):
+        if line.startswith(series + " "):
             return float(line.split()[1])
     return 0.0
 

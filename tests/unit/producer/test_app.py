@@ -1,10 +1,17 @@
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from iot_producer.app import choose_indices, image_message, schedule
+import numpy as np
+import pytest
+from confluent_kafka import KafkaError
+
+from iot_producer.app import LISTED_IDS, choose_indices, finish, image_message, schedule
 from iot_producer.cifar import Dataset
+from iot_producer.runs import RUN_ID_FILE, image_id, open_run
+from iot_shared.errors import DeliveryError
 from iot_shared.lifecycle import StopFlag
+from iot_shared.publisher import Undelivered
 from iot_shared.schema import ImageMessage
 
 
@@ -23,12 +30,13 @@ def test_random_order_is_reproducible_and_without_repeats() -> None:
     assert first.tolist() != choose_indices(100, 50, "random", seed=8).tolist()
 
 
-def test_messages_carry_the_label_the_pixels_and_a_unique_id() -> None:
+def test_messages_carry_the_label_the_pixels_and_the_id() -> None:
     images = np.arange(2 * 32 * 32 * 3, dtype=np.uint32).astype(np.uint8).reshape(2, 32, 32, 3)
     data = Dataset(np.array([3, 8], dtype=np.uint8), images)
-    first, second = image_message(data, 0, "cam"), image_message(data, 1, "cam")
+    ids = [image_id("run", "test", i, i) for i in range(2)]
+    first, second = image_message(data, 0, "cam", ids[0]), image_message(data, 1, "cam", ids[1])
     assert (first.ground_truth, second.ground_truth) == ("cat", "ship")
-    assert first.id != second.id
+    assert [first.id, second.id] == ids
     np.testing.assert_array_equal(ImageMessage.decode(second.encode()).pixels, images[1])
 
 
@@ -62,3 +70,50 @@ def test_paced_schedule_keeps_a_fixed_clock() -> None:
     assert list(schedule(4, 10.0, stop)) == [0, 1, 2, 3]
     # Image i is due i*10 s after the start, whatever the time spent sending: no drift.
     assert [round(w, -1) for w in stop.waits] == [0.0, 10.0, 20.0, 30.0]
+
+
+# --- the end of a run -----------------------------------------------------------------
+
+
+def undelivered(ids: list[str]) -> list[Undelivered]:
+    return [Undelivered("iot-topic", i, KafkaError(KafkaError._MSG_TIMED_OUT), 3) for i in ids]
+
+
+def test_a_fully_delivered_run_is_forgotten(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = open_run(tmp_path)
+    caplog.set_level("INFO")
+    assert finish(run, 3, ["a", "b", "c"], []) == 0
+    assert not (tmp_path / RUN_ID_FILE).exists()
+    assert f"run {run.id}: sent 3 of 3 images, delivered 3" in caplog.text
+
+
+def test_a_run_stopped_early_is_kept_for_the_next_start(tmp_path: Path) -> None:
+    run = open_run(tmp_path)
+    assert finish(run, 10, ["a", "b"], []) == 0  # SIGTERM: all that was sent got through
+    assert open_run(tmp_path).id == run.id
+
+
+def test_undelivered_images_are_named_and_the_run_is_kept(tmp_path: Path) -> None:
+    run = open_run(tmp_path)
+    with pytest.raises(DeliveryError) as raised:
+        finish(run, 3, ["a", "b", "c"], undelivered(["b", "c"]))
+    message = str(raised.value)
+    assert (
+        "sent 3 of 3 images, delivered 1, 2 not delivered: b (_MSG_TIMED_OUT), c (_MSG_TIMED_OUT)" in message
+    )
+    assert open_run(tmp_path).id == run.id and not run.undelivered_file.exists()
+
+
+def test_a_long_list_of_undelivered_images_goes_to_a_file(tmp_path: Path) -> None:
+    run = open_run(tmp_path)
+    ids = [f"id-{i}" for i in range(LISTED_IDS + 5)]
+    with pytest.raises(DeliveryError) as raised:
+        finish(run, len(ids), ids, undelivered(ids))
+    message = str(raised.value)
+    assert f"id-{LISTED_IDS - 1} (_MSG_TIMED_OUT) and 5 more (all in {run.undelivered_file})" in message
+    assert f"id-{LISTED_IDS}" not in message.replace(f"id-{LISTED_IDS - 1}", "")
+    lines = run.undelivered_file.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ids
+    # Delivered on the restart: the list goes with the run.
+    assert finish(open_run(tmp_path), len(ids), ids, []) == 0
+    assert not run.undelivered_file.exists()

@@ -70,3 +70,37 @@ def test_one_batch_with_both_messages_makes_one_update() -> None:
     assert list(updates) == [ID]
     doc = merge(None, updates[ID], stored_at=5.0)
     assert doc is not None and is_complete(doc) and doc["StoredAt"] == 5.0
+
+
+# --- first writer wins, field by field ----------------------------------------------------
+
+REPLAYED_IMAGE = ImageMessage.from_pixels(ID, "cat", PIXELS + 1, 150.0, "another-cam")
+REPLAYED_PREDICTION = PredictionMessage(ID, "frog", 0.5, 999.0)
+
+
+def test_a_replay_with_new_values_writes_no_revision() -> None:
+    doc = apply_in_order([IMAGE, PREDICTION])
+    assert merge(doc, group_by_id([REPLAYED_PREDICTION])[ID], stored_at=300.0) is None
+    assert merge(doc, group_by_id([REPLAYED_IMAGE])[ID], stored_at=300.0) is None
+    assert merge(doc, group_by_id([REPLAYED_IMAGE, REPLAYED_PREDICTION])[ID], stored_at=300.0) is None
+
+
+def test_a_field_already_stored_is_never_overwritten() -> None:
+    image_only = apply_in_order([IMAGE])
+    # The update brings a new prediction (written) and a changed image (ignored).
+    new = merge(image_only, group_by_id([REPLAYED_IMAGE, PREDICTION])[ID], stored_at=400.0)
+    assert new is not None
+    assert (new["Source"], new["ProducedAt"], new["GroundTruth"]) == ("cam", 100.0, "cat")
+    assert new["InferredValue"] == "dog" and new["StoredAt"] == 400.0
+    assert new["_attachments"][ATTACHMENT] == {"content_type": "image/png", "stub": True}
+
+
+def test_the_first_message_of_a_batch_wins_too() -> None:
+    update = group_by_id([PREDICTION, REPLAYED_PREDICTION, IMAGE, REPLAYED_IMAGE])[ID]
+    assert update.fields["InferredAt"] == 101.0 and update.fields["Source"] == "cam"
+    assert update.png == IMAGE.png
+
+
+def test_whichever_version_comes_first_is_the_one_kept() -> None:
+    first = apply_in_order([REPLAYED_PREDICTION, IMAGE, PREDICTION, REPLAYED_IMAGE])
+    assert (first["InferredValue"], first["InferredAt"], first["Source"]) == ("frog", 999.0, "cam")

@@ -98,7 +98,7 @@ def classification_loop(
 def run(settings: InferenceSettings, stop: StopFlag) -> int:
     classifier = load_classifier(settings)
     wait_for_topics(settings, [settings.images_topic], stop, settings.startup_timeout_seconds)
-    publisher = Publisher(settings, SERVICE)
+    publisher = Publisher(settings, SERVICE, [settings.predictions_topic, settings.dlq_topic])
     member = join_group(settings, SERVICE, [settings.images_topic])
     loop = classification_loop(settings, member, publisher, classifier)
     with ExitStack() as cleanup:

@@ -1,25 +1,31 @@
-"""Publish CIFAR-10 images with their ground truth to the images topic, paced like a camera."""
+"""Publish CIFAR-10 images with their ground truth to the images topic, paced like a camera.
+
+Each image's ID is fixed by its run (see `runs`): a producer restarted after a crash, a failed
+delivery or a reboot sends the same images under the same IDs, so nothing is stored twice.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from iot_producer import cifar
+from iot_producer.runs import Run, image_id, open_run
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DeliveryError
 from iot_shared.lifecycle import StopFlag
 from iot_shared.metrics import serve_http
-from iot_shared.publisher import Publisher
+from iot_shared.publisher import Publisher, Undelivered
 from iot_shared.schema import ImageMessage
 
 log = logging.getLogger("iot_producer")
 SERVICE = "producer"
+# How many undelivered IDs the summary names; all of them go to a file when there are more.
+LISTED_IDS = 20
 
 
 def choose_indices(
@@ -36,9 +42,9 @@ def choose_indices(
     return (start + np.arange(count, dtype=np.int64)) % total
 
 
-def image_message(dataset: cifar.Dataset, index: int, source: str) -> ImageMessage:
+def image_message(dataset: cifar.Dataset, index: int, source: str, id: str) -> ImageMessage:
     return ImageMessage.from_pixels(
-        id=str(uuid.uuid4()),
+        id=id,
         ground_truth=dataset.class_name(index),
         pixels=dataset.images[index],
         produced_at=time.time(),
@@ -65,22 +71,70 @@ def load_dataset(settings: ProducerSettings) -> cifar.Dataset:
 def run(settings: ProducerSettings, stop: StopFlag) -> int:
     dataset = load_dataset(settings)
     indices = choose_indices(len(dataset), settings.count, settings.order, settings.start, settings.seed)
-    publisher = Publisher(settings, SERVICE)
+    current = open_run(settings.state_dir, settings.run_id)
+    log.info("%s: %d %s images", current.describe(), len(indices), settings.split)
+    publisher = Publisher(settings, SERVICE, topics=[settings.images_topic])
     server = serve_http(settings.metrics_port, publisher.readiness)
-    sent = 0
+    sent: list[str] = []
     try:
-        for i in schedule(len(indices), settings.seconds_between_images, stop):
-            msg = image_message(dataset, int(indices[i]), settings.source_id)
+        for position in schedule(len(indices), settings.seconds_between_images, stop):
+            index = int(indices[position])
+            msg = image_message(
+                dataset, index, settings.source_id, image_id(current.id, settings.split, index, position)
+            )
             publisher.send(settings.images_topic, msg.encode(), key=msg.id)
-            sent += 1
+            sent.append(msg.id)
             log.debug("sent %s (%s)", msg.id, msg.ground_truth)
             if settings.seconds_between_images >= 1:
-                log.info("sent image %d/%d: %s (%s)", sent, len(indices), msg.id, msg.ground_truth)
+                log.info("sent image %d/%d: %s (%s)", len(sent), len(indices), msg.id, msg.ground_truth)
     finally:
-        failures = publisher.flush(settings.flush_timeout_seconds)
+        # Also after SIGTERM: what was sent gets its chance to be acknowledged.
+        undelivered = publisher.flush(settings.flush_timeout_seconds)
         if server is not None:
             server.shutdown()
-    log.info("sent %d images, %d not delivered", sent - len(failures), len(failures))
-    if failures:
-        raise DeliveryError(f"{len(failures)} of {sent} images were not delivered")
+    return finish(current, len(indices), sent, undelivered)
+
+
+def finish(current: Run, planned: int, sent: Sequence[str], undelivered: Sequence[Undelivered]) -> int:
+    """Log the run's summary; forget the run only when all of it was delivered.
+
+    Raises DeliveryError (exit 1) naming the undelivered images: a restart resumes the same run
+    and sends them again under the same IDs.
+    """
+    summary = (
+        f"run {current.id}: sent {len(sent)} of {planned} images, delivered {len(sent) - len(undelivered)}"
+    )
+    if undelivered:
+        raise DeliveryError(
+            f"{summary}, {len(undelivered)} not delivered: {name_undelivered(current, undelivered)}; "
+            f"a restart of run {current.id} sends them again under the same IDs"
+        )
+    if len(sent) < planned:
+        log.info(
+            "%s; stopped before the end: a restart resumes run %s with the same IDs", summary, current.id
+        )
+        return 0
+    current.finish()
+    log.info("%s; run finished, the next start begins a new run with new IDs", summary)
     return 0
+
+
+def name_undelivered(current: Run, undelivered: Sequence[Undelivered]) -> str:
+    """The first IDs and their errors; all of them written to a file when there are more."""
+    named = ", ".join(f"{_key(u)} ({u.error.name()})" for u in undelivered[:LISTED_IDS])
+    if len(undelivered) <= LISTED_IDS:
+        return named
+    more = f"{named} and {len(undelivered) - LISTED_IDS} more"
+    lines = "".join(f"{_key(u)}\t{u.error.name()}\t{u.error.str()}\n" for u in undelivered)
+    try:
+        current.undelivered_file.parent.mkdir(parents=True, exist_ok=True)
+        current.undelivered_file.write_text(lines, encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write the undelivered IDs to %s: %s", current.undelivered_file, exc)
+        return more
+    return f"{more} (all in {current.undelivered_file})"
+
+
+def _key(undelivered: Undelivered) -> str:
+    key = undelivered.key
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)

@@ -6,9 +6,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from iot_producer.cifar import Split
+from iot_producer.runs import RUN_ID_PATTERN
 from iot_shared.settings import ServiceSettings
 
 
@@ -42,6 +43,23 @@ class ProducerSettings(ServiceSettings):
     flush_timeout_seconds: float = Field(
         60.0, gt=0, description="How long to wait at exit for unacknowledged images"
     )
+    run_id: str | None = Field(
+        None,
+        pattern=f"^{RUN_ID_PATTERN.pattern}$",
+        description="Run the image IDs derive from (same run id = same IDs); unset = the unfinished "
+        "run kept in state-dir, or a new run after a finished one",
+    )
+    state_dir: Path = Field(
+        Path.home() / ".local" / "state" / "iot-pipeline" / "producer",
+        description="Where the current run id is kept until every image of the run is delivered; "
+        "must survive restarts (a volume in a container)",
+    )
+
+    @field_validator("run_id", mode="before")
+    @classmethod
+    def _empty_run_id_is_unset(cls, value: object) -> object:
+        # `IOT_RUN_ID=` (as a template renders an unset variable) means: no run id given.
+        return None if value == "" else value
 
     @property
     def seconds_between_images(self) -> float:

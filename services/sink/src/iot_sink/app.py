@@ -101,7 +101,7 @@ def run(settings: SinkSettings, stop: StopFlag) -> int:
     client = connect_couch(settings, stop)
     topics = [settings.images_topic, settings.predictions_topic]
     wait_for_topics(settings, topics, stop, settings.startup_timeout_seconds)
-    publisher = Publisher(settings, SERVICE)
+    publisher = Publisher(settings, SERVICE, [settings.dlq_topic])
     member = join_group(settings, SERVICE, topics)
     loop = storage_loop(settings, member, publisher, DocumentStore(client, settings.couchdb_db))
     with ExitStack() as cleanup:

@@ -2,6 +2,14 @@
 
 Merging is idempotent and order-free: image and prediction may come in either order, in
 separate batches, or more than once, and the document ends up with every field exactly once.
+
+The rule is **first writer wins, field by field**: a field already in the document (or already
+gathered from an earlier message of the same batch) is never overwritten, and neither is the
+`image.png` attachment. A message adds only the fields the document does not have yet; one that
+only repeats, or changes, fields already there writes no revision (`merge` returns None). So a
+replayed image (another `ProducedAt` or `Source`) or a replayed prediction (another `InferredAt`,
+even another `InferredValue` from a second inference run) changes nothing, however often it
+comes. `StoredAt` is not a message field: it is the time of the last revision written.
 """
 
 from __future__ import annotations
@@ -26,20 +34,24 @@ class Update:
     png: bytes | None = None
 
     def add(self, message: ImageMessage | PredictionMessage) -> None:
+        """Gather the message's fields; within a batch too, the first message wins."""
         if isinstance(message, ImageMessage):
-            self.fields.update(
-                GroundTruth=message.ground_truth,
-                ProducedAt=message.produced_at,
-                Source=message.source,
-            )
-            self.png = message.png
+            fields = {
+                "GroundTruth": message.ground_truth,
+                "ProducedAt": message.produced_at,
+                "Source": message.source,
+            }
+            if self.png is None:
+                self.png = message.png
         else:
-            self.fields.update(
-                InferredValue=message.inferred_value,
-                Confidence=message.confidence,
-                Model=message.model,
-                InferredAt=message.inferred_at,
-            )
+            fields = {
+                "InferredValue": message.inferred_value,
+                "Confidence": message.confidence,
+                "Model": message.model,
+                "InferredAt": message.inferred_at,
+            }
+        for name, value in fields.items():
+            self.fields.setdefault(name, value)
 
 
 def group_by_id(messages: Iterable[ImageMessage | PredictionMessage]) -> dict[str, Update]:
@@ -54,11 +66,14 @@ def is_complete(doc: Document) -> bool:
 
 
 def merge(existing: Document | None, update: Update, stored_at: float) -> Document | None:
-    """The new revision of the document, or None when the update adds nothing (a replay)."""
+    """The new revision of the document, or None when the update adds no new field (a replay).
+
+    First writer wins: fields already in `existing` are kept as they are, whatever `update` says.
+    """
     doc: Document = dict(existing) if existing else {"_id": update.id}
     changed = existing is None
     for name, value in update.fields.items():
-        if doc.get(name) != value:
+        if name not in doc:
             doc[name] = value
             changed = True
     attachments = dict(doc.get("_attachments", {}))
