@@ -23,7 +23,7 @@ COMPOSE_LOCAL_DATA = $(if $(WEIGHTS_DIR),-f $(COMPOSE_DIR)/compose.weights-dir.y
 # make up refuses these when unset, empty or still .env.example's placeholder.
 COMPOSE_SECRETS := COUCHDB_PASSWORD GRAFANA_ADMIN_PASSWORD
 
-.PHONY: help install tools deploy-tools run stop test test-deploy test-unit lint fmt clean up down logs ps compose-env compose-secrets compose-local-data
+.PHONY: help install tools deploy-tools run stop test test-deploy test-unit audit chaos bench lint fmt clean up down logs ps compose-env compose-secrets compose-local-data
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,22 @@ test-deploy: install deploy-tools ## Run the deployments for real: site.yml on f
 
 test-unit: $(PY) ## Unit tests only (no services)
 	$(PY) -m pytest tests/unit
+
+# `make audit` reads the stack `make run` started unless IOT_* settings say otherwise; AUDIT_ARGS=--json for scripts.
+audit: $(PY) ## Delivery audit: is every image sent stored as one complete document? (exit 1 if not)
+	IOT_COUCHDB_PASSWORD="$${IOT_COUCHDB_PASSWORD:-$${IOT_LOCAL_COUCHDB_PASSWORD:-local-dev-only}}" \
+	  $(VENV)/bin/iot-audit $(AUDIT_ARGS)
+
+CHAOS_IMAGES ?= 10000
+# Its own ZooKeeper, Kafka and PouchDB Server on free ports: the shared stack is never touched.
+chaos: $(PY) ## Fault injection on a private stack (kills, broker and CouchDB outages, bad messages), then the audit
+	IOT_CHAOS_IMAGES=$(CHAOS_IMAGES) $(PY) -m tests.chaos $(CHAOS_ARGS)
+
+BENCH_IMAGES ?= 5000
+# On a private stack of its own (free ports); writes benchmarks/results/{bench.json,bench.png,bench.md}.
+# BENCH_ARGS passes options to `python -m benchmarks.pipeline` (--out, --rates, --rate-seconds, --baseline-images, --smoke).
+bench: $(PY) ## Benchmark: model, inference, sink, end to end, latency at 10/50/200 img/s, vs a seed-style baseline
+	$(PY) -m benchmarks.pipeline --images $(BENCH_IMAGES) $(BENCH_ARGS)
 
 lint: $(PY) ## ruff and mypy
 	$(VENV)/bin/ruff check .

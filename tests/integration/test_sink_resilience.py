@@ -47,11 +47,9 @@ def test_conflicting_writer_is_merged_not_overwritten(stack: Stack) -> None:
         other = dict(stale, InferredValue="airplane", Confidence=0.9, Model="m", InferredAt=6.0)
         assert stack.couch("PUT", f"{db}/{image_id}", json=other).status_code == 201
 
-        # This sink, working from the stale read, has a replayed image and another prediction:
-        # its write conflicts, and merging again with the other writer's revision adds nothing.
-        reads = iter([{image_id: stale}])
-        real_read = store._read
-        store._read = lambda ids: next(reads, None) or real_read(ids)  # type: ignore[method-assign]
+        # This sink still remembers the revision it wrote (now stale) and has a replayed image and
+        # another prediction: its write conflicts, and merging again with the other writer's
+        # revision, read afresh, adds nothing.
         before = REGISTRY.get_sample_value("iot_sink_conflicts_resolved_total") or 0.0
         replayed = ImageMessage(image_id, "bird", image.png, 7.0, "replayed-source", image.pixels)
         late = PredictionMessage(image_id, "bird", 0.4, 8.0)

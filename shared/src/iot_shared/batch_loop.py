@@ -33,6 +33,8 @@ from iot_shared.publisher import Publisher
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# How long one poll blocks on a quiet stream: bounds how late a stop or a resume is noticed.
+IDLE_POLL_SECONDS = 0.5
 
 
 class RetryLaterError(PipelineError):
@@ -47,7 +49,7 @@ class BatchLoop(Generic[T]):
     decode: Callable[[Message], T]
     handle: Callable[[list[T]], None]
     max_batch: int
-    max_wait_seconds: float
+    max_fill_wait_seconds: float
     delivery_timeout_seconds: float
     retry_on: tuple[type[BaseException], ...] = ()
     backoff: Callable[[], Callable[[], float]] = backoff_delays
@@ -64,7 +66,7 @@ class BatchLoop(Generic[T]):
     def step(self) -> bool | None:
         """One poll and, if it brought records, one batch: True = committed, False = held back."""
         self.member.raise_if_fatal()
-        wait = self.max_wait_seconds
+        wait = IDLE_POLL_SECONDS
         if self._resume_at is not None:
             remaining = self._resume_at - time.monotonic()
             if remaining <= 0:
@@ -72,8 +74,24 @@ class BatchLoop(Generic[T]):
                 self.member.resume()
             else:
                 wait = min(wait, remaining)
-        records = self.member.consume(self.max_batch, wait)
+        records = self.poll_batch(wait)
         return self.process(records) if records else None
+
+    def poll_batch(self, idle_wait: float) -> list[Message]:
+        """The next batch, sized by what is waiting: one record when the stream is quiet (low
+        latency), up to `max_batch` under a backlog (throughput), with no fixed wait to fill it.
+
+        librdkafka fetches in the background, so what it has already fetched is taken at once;
+        only when nothing is there does the loop block, for the first record, up to `idle_wait`.
+        After the first record, `max_fill_wait_seconds` (0 by default) lets a batch grow further.
+        """
+        records = self.member.consume(self.max_batch, 0)
+        if records:
+            return records
+        records = self.member.consume(1, idle_wait)
+        if records and self.max_batch > 1:
+            records += self.member.consume(self.max_batch - 1, self.max_fill_wait_seconds)
+        return records
 
     def process(self, records: Sequence[Message]) -> bool:
         messages = self.decode_all(records)

@@ -62,7 +62,7 @@ class GroupMember:
         log.warning("lost %s", describe(partitions))
 
     def on_error(self, err: KafkaError) -> None:
-        if err.fatal():
+        if err.fatal() or err.code() == KafkaError._FATAL:
             self.fatal = err
             log.error("fatal Kafka consumer error: %s", err)
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -81,7 +81,9 @@ class GroupMember:
 
     def raise_if_fatal(self) -> None:
         if self.fatal is not None:
-            raise FatalConsumerError(f"Kafka consumer cannot go on: {self.fatal.str()}")
+            raise FatalConsumerError(
+                f"Kafka consumer cannot go on; exiting, a restart rejoins the group: {self.fatal.str()}"
+            )
 
     def consume(self, max_messages: int, timeout: float) -> list[Message]:
         """The records of one poll; errors that are not records are logged, not returned."""
@@ -91,6 +93,11 @@ class GroupMember:
             if err is None:
                 records.append(msg)
                 CONSUMED.labels(self.service, msg.topic()).inc()
+            elif err.fatal() or err.code() == KafkaError._FATAL:
+                # Arrives as an event, not through error_cb. Seen after a broker restart: the broker
+                # fences a static member as if another had its instance ID; a restart rejoins cleanly.
+                self.on_error(err)
+                break
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)
         return records

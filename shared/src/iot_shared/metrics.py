@@ -47,10 +47,11 @@ CONSUMER_PAUSED = Gauge(
     ["service"],
 )
 
-# Latency buckets from 0.25 ms to 30 s: per-image inference is sub-millisecond, end to end is seconds.
+# Latency buckets from 0.25 ms to 30 s: per-image inference is sub-millisecond; end to end is tens
+# of milliseconds when all is well (finely resolved, for its p99), seconds under a backlog.
 LATENCY_BUCKETS = (
-    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
 Readiness = Callable[[], tuple[bool, str]]

@@ -75,7 +75,12 @@ class ConsumerSettings(ServiceSettings):
         300_000, ge=1_000, description="Longest gap between two polls before the member leaves the group"
     )
     max_batch: int = Field(ge=1, le=10_000, description="Most messages in one batch")
-    max_wait_ms: int = Field(ge=1, description="Longest wait for a batch to fill")
+    max_wait_ms: int = Field(
+        0,
+        ge=0,
+        description="After a batch's first record, how long to wait for more (0 = take what has arrived: "
+        "batches grow with the backlog on their own)",
+    )
     delivery_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for a batch's output to be acknowledged before retrying it"
     )

@@ -8,6 +8,7 @@ batch is consumed again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -64,14 +65,24 @@ def _pixels(image: ImageMessage) -> Pixels:
     return image.pixels
 
 
+def default_torch_threads() -> int:
+    """Torch's own default takes every core; on a machine it shares (with the broker, the sink or
+    just this service's decoding and Kafka client) its threads then fight the others for them."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 def load_classifier(settings: InferenceSettings) -> Classifier:
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
     started = time.perf_counter()
     classifier = Classifier(load_resnet20(settings.weights))
     MODEL_LOAD_SECONDS.set(time.perf_counter() - started)
     BUILD_INFO.info({"service": "iot-inference", "version": __version__, "model": MODEL_NAME})
-    log.info("model %s loaded in %.2fs", MODEL_NAME, time.perf_counter() - started)
+    log.info(
+        "model %s loaded in %.2fs, %d torch threads",
+        MODEL_NAME,
+        time.perf_counter() - started,
+        torch.get_num_threads(),
+    )
     return classifier
 
 
@@ -90,7 +101,7 @@ def classification_loop(
         decode=decode_image,
         handle=publish_predictions,
         max_batch=settings.max_batch,
-        max_wait_seconds=settings.max_wait_ms / 1000,
+        max_fill_wait_seconds=settings.max_wait_ms / 1000,
         delivery_timeout_seconds=settings.delivery_timeout_seconds,
     )
 

@@ -20,5 +20,9 @@ class InferenceSettings(ConsumerSettings):
         "(SHA-256 verified) into the torch cache",
     )
     max_batch: int = Field(64, ge=1, le=4096, description="Most images in one forward pass")
-    max_wait_ms: int = Field(50, ge=1, description="Longest wait for a batch to fill before running it")
-    torch_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads for torch (0 = one fewer than the CPUs available, at least 1: a core is "
+        "left for decoding, Kafka and whatever shares the machine)",
+    )

@@ -92,7 +92,7 @@ def storage_loop(
         decode=message_decoder(settings.images_topic),
         handle=document_writer(store),
         max_batch=settings.max_batch,
-        max_wait_seconds=settings.max_wait_ms / 1000,
+        max_fill_wait_seconds=settings.max_wait_ms / 1000,
         delivery_timeout_seconds=settings.delivery_timeout_seconds,
     )
 

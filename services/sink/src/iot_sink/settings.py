@@ -13,4 +13,3 @@ class SinkSettings(CouchSettings, ConsumerSettings):
     )
     group_id: str = Field("sink", min_length=1, description="Kafka consumer group")
     max_batch: int = Field(500, ge=1, le=10000, description="Most messages in one CouchDB bulk write")
-    max_wait_ms: int = Field(200, ge=1, description="Longest wait for a batch to fill")

@@ -6,10 +6,13 @@ first: re-read those documents, merge again, write again. Nothing is ever overwr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ibmcloudant.cloudant_v1 import CloudantV1
 
@@ -34,18 +37,26 @@ class WriteError(PipelineError):
 
 
 class DocumentStore:
-    def __init__(self, client: CloudantV1, db: str) -> None:
+    """Merges updates into CouchDB. Remembers the documents it wrote last (their fields and
+    `_rev`, attachments as stubs), so completing a document it just created, the prediction
+    arriving after the image, costs one request, not a read and a write. A remembered revision
+    that someone else has replaced since is a conflict like any other: re-read, merged again."""
+
+    def __init__(self, client: CloudantV1, db: str, remember: int = 50_000) -> None:
         self._client = client
         self._db = db
+        self._remember = remember
+        self._written: OrderedDict[str, Document] = OrderedDict()
 
     def write(self, updates: Mapping[str, Update]) -> int:
         """Merge `updates` into their documents; returns how many revisions were written."""
         pending = dict(updates)
         written = 0
-        for _ in range(MAX_CONFLICT_ROUNDS):
+        for round_ in range(MAX_CONFLICT_ROUNDS):
             if not pending:
                 return written
-            existing = self._read(list(pending))
+            # After a conflict, memory is stale for those documents: read them.
+            existing = self._known(list(pending), trust_memory=round_ == 0)
             now = time.time()
             docs = [
                 doc
@@ -59,6 +70,26 @@ class DocumentStore:
                 log.info("resolving %d revision conflicts", len(conflicted))
             pending = {doc_id: pending[doc_id] for doc_id in conflicted}
         raise WriteError(f"{len(pending)} documents still conflict after {MAX_CONFLICT_ROUNDS} rounds")
+
+    def _known(self, ids: list[str], trust_memory: bool) -> dict[str, Document]:
+        """The current documents: from memory where we wrote them last, else read from CouchDB."""
+        known: dict[str, Document] = {}
+        if trust_memory:
+            known = {doc_id: self._written[doc_id] for doc_id in ids if doc_id in self._written}
+        else:
+            for doc_id in ids:
+                self._written.pop(doc_id, None)
+        missing = [doc_id for doc_id in ids if doc_id not in known]
+        if missing:
+            known.update(self._read(missing))
+        return known
+
+    def _remember_written(self, doc: Document, rev: str) -> None:
+        stubs = {name: _stub(a) for name, a in doc.get("_attachments", {}).items()}
+        self._written[doc["_id"]] = {**doc, "_rev": rev, **({"_attachments": stubs} if stubs else {})}
+        self._written.move_to_end(doc["_id"])
+        while len(self._written) > self._remember:
+            self._written.popitem(last=False)
 
     def _read(self, ids: list[str]) -> dict[str, Document]:
         result = _timed(
@@ -85,7 +116,23 @@ class DocumentStore:
             else:
                 DOCUMENTS_WRITTEN.inc()
                 _observe_completion(before.get(doc_id), by_id[doc_id])
+                self._remember_written(by_id[doc_id], result["rev"])
         return conflicted
+
+
+def _stub(attachment: dict[str, Any]) -> dict[str, Any]:
+    """What a later revision sends for an attachment it keeps. A stub names its content by digest
+    (CouchDB's `md5-<base64>`): PouchDB refuses one without (`missing_stub`)."""
+    if attachment.get("stub"):
+        return attachment
+    data = base64.b64decode(attachment["data"])
+    digest = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - CouchDB's digest, not security
+    return {
+        "content_type": attachment["content_type"],
+        "digest": f"md5-{digest}",
+        "length": len(data),
+        "stub": True,
+    }
 
 
 def _observe_completion(before: Document | None, after: Document) -> None:

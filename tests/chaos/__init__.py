@@ -1,0 +1,1 @@
+"""The fault-injection suite: `make chaos` (see README, "Fault injection")."""

@@ -1,0 +1,68 @@
+"""`iot-audit` against the real broker and CouchDB-API server, after the real services ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from tests.integration.harness import Pipeline
+
+
+def audit(pipeline: Pipeline, *args: str) -> tuple[int, str, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "iot_sink.audit", *args],
+        env={**os.environ, **pipeline.env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def audit_json(pipeline: Pipeline) -> tuple[int, dict[str, Any]]:
+    code, out, err = audit(pipeline, "--json")
+    assert code in (0, 1), err
+    return code, json.loads(out)
+
+
+def test_audit_finds_nothing_lost_then_exactly_the_deleted_document(pipeline: Pipeline) -> None:
+    pipeline.start("inference")
+    pipeline.start("sink")
+    pipeline.send_raw(pipeline.images_topic, [b"not json"])
+    pipeline.produce(20)
+    docs = pipeline.wait_for_complete(20, timeout=180)
+    # The bad record is dead-lettered by both services before the audit looks for it.
+    pipeline.read_topic(pipeline.dlq_topic, 2)
+
+    code, report = audit_json(pipeline)
+    assert code == 0, report
+    assert (report["produced"], report["complete"], report["documents"]) == (20, 20, 20)
+    assert report["lost"]["count"] == report["extra"]["count"] == 0
+    assert report["bad_records"] == {f"{pipeline.images_topic}: not_json": 1}
+    assert report["not_dead_lettered"] == []
+
+    victim = docs[7]["_id"]
+    rev = pipeline.stack.couch("GET", f"{pipeline.db}/{victim}").json()["_rev"]
+    assert pipeline.stack.couch("DELETE", f"{pipeline.db}/{victim}", params={"rev": rev}).ok
+
+    code, report = audit_json(pipeline)
+    assert code == 1
+    assert report["lost"] == {"count": 1, "ids": [victim]}
+    assert report["problems"] == {"lost": 1}
+    assert report["complete"] == 19
+
+    # The table for people says the same.
+    code, out, _err = audit(pipeline)
+    assert code == 1
+    assert victim in out and "PROBLEMS: lost 1" in out
+
+
+def test_audit_of_an_unknown_topic_exits_3(pipeline: Pipeline) -> None:
+    code, _out, err = audit(
+        pipeline, "--images-topic", f"{pipeline.name}-nonexistent", "--kafka-timeout-seconds", "10"
+    )
+    assert code == 3
+    assert "not found" in err
