@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -21,6 +23,10 @@ from iot_shared.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
 
+# Fenced this often within the window, the member gives up: another process has its instance ID.
+MAX_REJOINS = 3
+REJOIN_WINDOW_SECONDS = 300.0
+
 Partition = tuple[str, int]
 
 
@@ -29,17 +35,36 @@ class FatalConsumerError(PipelineError):
 
 
 class GroupMember:
-    """One member of a consumer group, with its assignment tracked for metrics and pausing."""
+    """One member of a consumer group, with its assignment tracked for metrics and pausing.
 
-    def __init__(self, consumer: Consumer, service: str) -> None:
-        self.consumer = consumer
+    A fatal consumer error ends this librdkafka consumer for good. Seen after a broker restart:
+    the broker fences a static member as if another process had its instance ID. The member
+    then rejoins as a new consumer (nothing was committed for what it held, so nothing is lost);
+    fenced again and again, another live process really has its ID, and it gives up.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer | None,
+        service: str,
+        connect: Callable[[GroupMember], Consumer] | None = None,
+    ) -> None:
+        """`connect` makes a new subscribed consumer for this member (at once when `consumer`
+        is None, and to rejoin after a fatal error)."""
         self.service = service
         self.assigned: set[Partition] = set()
         self.paused = False
         self.fatal: KafkaError | None = None
+        self._connect = connect
+        self._rejoins: deque[float] = deque()
         for event in ("assign", "revoke", "lost"):
             REBALANCES.labels(service, event)
         CONSUMER_PAUSED.labels(service).set(0)
+        if consumer is None:
+            if connect is None:
+                raise ValueError("a consumer or a way to connect one is needed")
+            consumer = connect(self)
+        self.consumer = consumer
 
     # --- group events (served from inside consume) ------------------------------------
 
@@ -62,9 +87,9 @@ class GroupMember:
         log.warning("lost %s", describe(partitions))
 
     def on_error(self, err: KafkaError) -> None:
-        if err.fatal() or err.code() == KafkaError._FATAL:
-            self.fatal = err
-            log.error("fatal Kafka consumer error: %s", err)
+        if _is_fatal(err):
+            self.fatal = err  # dealt with by the next poll: rejoin, or give up
+            log.error("fatal Kafka consumer error: %s", err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             log.error("no Kafka broker answers (IOT_KAFKA_BOOTSTRAP_SERVERS); still trying: %s", err.str())
         else:
@@ -80,27 +105,49 @@ class GroupMember:
     # --- the loop's operations ----------------------------------------------------------
 
     def raise_if_fatal(self) -> None:
+        self._rejoin_if_fatal()
         if self.fatal is not None:
             raise FatalConsumerError(
-                f"Kafka consumer cannot go on; exiting, a restart rejoins the group: {self.fatal.str()}"
+                f"Kafka consumer cannot go on ({self.fatal.str()}, {len(self._rejoins)} rejoins in the last "
+                f"{REJOIN_WINDOW_SECONDS:.0f}s); does another instance use this IOT_GROUP_INSTANCE_ID?"
             )
 
     def consume(self, max_messages: int, timeout: float) -> list[Message]:
         """The records of one poll; errors that are not records are logged, not returned."""
+        self.raise_if_fatal()
         records = []
         for msg in self.consumer.consume(max_messages, timeout):
             err = msg.error()
             if err is None:
                 records.append(msg)
                 CONSUMED.labels(self.service, msg.topic()).inc()
-            elif err.fatal() or err.code() == KafkaError._FATAL:
-                # Arrives as an event, not through error_cb. Seen after a broker restart: the broker
-                # fences a static member as if another had its instance ID; a restart rejoins cleanly.
+            elif _is_fatal(err):  # arrives as an event as well as through error_cb
                 self.on_error(err)
-                break
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)
+        if self.fatal is not None:
+            # Nothing of this poll is handled: uncommitted, it comes again after the rejoin.
+            self.raise_if_fatal()
+            return []
         return records
+
+    def _rejoin_if_fatal(self) -> None:
+        if self.fatal is None or self._connect is None:
+            return
+        now = time.monotonic()
+        while self._rejoins and now - self._rejoins[0] > REJOIN_WINDOW_SECONDS:
+            self._rejoins.popleft()
+        if len(self._rejoins) >= MAX_REJOINS:
+            return
+        self._rejoins.append(now)
+        log.warning("rejoining the group as a new consumer after: %s", self.fatal.str())
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.consumer.close()
+        self._forget([TopicPartition(t, p) for t, p in self.assigned])
+        self.paused = False
+        CONSUMER_PAUSED.labels(self.service).set(0)
+        self.fatal = None
+        self.consumer = self._connect(self)
 
     def commit(self, records: Sequence[Message]) -> bool:
         """Commit a processed batch; False when any partition's commit failed.
@@ -154,8 +201,7 @@ class GroupMember:
 
 def join_group(settings: ConsumerSettings, service: str, topics: Sequence[str]) -> GroupMember:
     """Subscribe a new member of `settings.group_id` to `topics`."""
-    member: GroupMember
-    config = {
+    config: dict[str, object] = {
         **base_config(settings, f"{service}-{settings.group_id}"),
         "group.id": settings.group_id,
         "partition.assignment.strategy": "cooperative-sticky",
@@ -165,20 +211,32 @@ def join_group(settings: ConsumerSettings, service: str, topics: Sequence[str]) 
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "statistics.interval.ms": 5000,
-        "stats_cb": lambda stats: record_consumer_stats(service, stats, member.assigned),
-        "error_cb": lambda err: member.on_error(err),
     }
     instance_id = settings.instance_id()
     if instance_id:
         config["group.instance.id"] = instance_id
     for topic in topics:
         CONSUMED.labels(service, topic)  # exported at 0 from the start
-    member = GroupMember(Consumer(config), service)
-    member.consumer.subscribe(
-        list(topics), on_assign=member.on_assign, on_revoke=member.on_revoke, on_lost=member.on_lost
-    )
-    log.info("joining group %s as %s", settings.group_id, instance_id or "a dynamic member")
-    return member
+
+    def connect(member: GroupMember) -> Consumer:
+        consumer = Consumer(
+            {
+                **config,
+                "stats_cb": lambda stats: record_consumer_stats(service, stats, member.assigned),
+                "error_cb": member.on_error,
+            }
+        )
+        consumer.subscribe(
+            list(topics), on_assign=member.on_assign, on_revoke=member.on_revoke, on_lost=member.on_lost
+        )
+        log.info("joining group %s as %s", settings.group_id, instance_id or "a dynamic member")
+        return consumer
+
+    return GroupMember(None, service, connect)
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 def next_offsets(records: Iterable[Message]) -> list[TopicPartition]:

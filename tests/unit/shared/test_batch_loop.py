@@ -163,6 +163,24 @@ def test_a_fatal_consumer_error_stops_the_loop_with_a_clear_message() -> None:
     assert loop.readiness()[0] is False
 
 
+def test_a_fenced_member_rejoins_as_a_new_consumer_and_gives_up_when_fenced_again_and_again() -> None:
+    fatal = KafkaError(KafkaError._FATAL, "Static consumer fenced by other consumer", fatal=True)
+    consumers = [FakeConsumer({("t", 0): [b"1", b"2"]}) for _ in range(5)]
+    member = GroupMember(None, "unit", connect=lambda _member: consumers.pop(0))  # type: ignore[arg-type,return-value]
+    first = member.consumer
+    member.on_assign(None, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    member.on_error(fatal)  # what error_cb reports after a broker restart
+    records = member.consume(10, 0)  # rejoins first, then polls the new consumer
+    assert member.consumer is not first and member.fatal is None and not member.assigned
+    assert [m.value() for m in records] == [b"1", b"2"]
+    for _ in range(2):
+        member.on_error(fatal)
+        member.consume(10, 0)
+    member.on_error(fatal)  # a fourth time within five minutes: another process has our ID
+    with pytest.raises(FatalConsumerError, match="IOT_GROUP_INSTANCE_ID"):
+        member.consume(10, 0)
+
+
 def test_lag_is_reported_only_for_partitions_this_member_holds() -> None:
     member = GroupMember(FakeConsumer({}), "lagtest")  # type: ignore[arg-type]
     member.on_assign(None, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
