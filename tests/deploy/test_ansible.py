@@ -42,6 +42,7 @@ ANSIBLE = REPO / "deploy" / "ansible"
 INVENTORY = ANSIBLE / "inventory.example.ini"
 SITE = ANSIBLE / "site.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
+ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 CONTROLLER = "198.51.100.7"  # RFC 5737 documentation address
 
 SERVICES: dict[str, tuple[type[ServiceSettings], int]] = {
@@ -366,6 +367,7 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
             "/etc/iot/couchdb/secrets.env",
             "/etc/systemd/system/couchdb.service",
             "/etc/iot/prometheus/prometheus.yml",
+            "/etc/iot/prometheus/rules/alerts.yml",
             "/etc/iot/grafana/grafana.env",
             "/etc/iot/grafana/secrets.env",
             "/etc/iot/grafana/provisioning/datasources/prometheus.yml",
@@ -720,6 +722,16 @@ def test_prometheus_scrapes_every_service_on_its_vm(rendered: Render, inventory:
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     for name, (_, port) in SERVICES.items():
         assert jobs[name] == [f"{inventory.address(name)}:{port}"]
+
+
+def test_prometheus_loads_the_same_alert_rules_as_compose(rendered: Render, inventory: Inventory) -> None:
+    host = inventory.host("monitoring")
+    installed = rendered.file(host, "/etc/iot/prometheus/rules/alerts.yml")
+    assert installed.read_bytes() == ALERT_RULES.read_bytes()
+    config = yaml.safe_load(rendered.file(host, "/etc/iot/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/rules/alerts.yml"]
+    unit = rendered.file(host, "/etc/systemd/system/prometheus.service").read_text()
+    assert "--volume /etc/iot/prometheus/rules:/etc/prometheus/rules:ro" in unit
 
 
 def test_grafana_provisions_the_same_dashboard_as_compose(rendered: Render, inventory: Inventory) -> None:

@@ -420,6 +420,13 @@ def test_prometheus_scrapes_the_ports_the_services_serve_metrics_on(
         assert dockerfiles[role].final.env()["IOT_METRICS_PORT"] == str(served)
 
 
+def test_prometheus_loads_the_repository_alert_rules(resolved: dict[str, Any]) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    mounted = mounts(resolved["services"]["prometheus"])
+    [rule_file] = config["rule_files"]
+    assert Path(mounted[rule_file]) == REPO / "deploy" / "prometheus" / "alerts.yml"
+
+
 def test_grafana_is_an_optional_profile_that_env_example_turns_on(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     assert services["grafana"]["profiles"] == ["grafana"]

@@ -1,13 +1,16 @@
-"""Metrics proven against a real Prometheus: every dashboard query must return data."""
+"""Metrics proven against a real Prometheus: every dashboard query must return data, the alert
+rules load and evaluate on the real series, and the live model score is what CouchDB holds."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -20,13 +23,54 @@ from tests.ports import free_port
 from tests.waiting import wait_for
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
+ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 IMAGES = 400
 ROLES = ("producer", "inference", "sink")
+SCORED = "iot_sink_predictions_scored_total"
+# Accuracy since the sinks started, as Prometheus computes it from the confusion matrix: the
+# cells whose `truth` equals their `predicted` (the same diagonal the dashboard and the alert
+# pick out of windowed increases).
+ACCURACY_QUERY = (
+    f'sum(label_replace({SCORED}, "class", "$1", "truth", "(.*)")'
+    f' and on (class, predicted) label_replace({SCORED}, "class", "$1", "predicted", "(.*)"))'
+    f" / sum({SCORED})"
+)
+Cells = dict[tuple[str, str], int]
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def scored_cells(metrics_text: str) -> Cells:
+    """The confusion matrix a sink exports: (truth, predicted) -> images."""
+    return {
+        (s.labels["truth"], s.labels["predicted"]): int(s.value)
+        for family in text_string_to_metric_families(metrics_text)
+        for s in family.samples
+        if s.name == SCORED
+    }
+
+
+def wait_for_scored(port: int, images: int) -> Cells:
+    """The confusion matrix of the sink on `port`, once it has scored `images` images: it counts
+    just after CouchDB answered its write, so a moment after the documents are seen there."""
+
+    def cells() -> Cells | None:
+        found = scored_cells(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        return found if sum(found.values()) == images else None
+
+    return wait_for(f"{images} images scored by the sink", cells, 30)
+
+
+def document_cells(docs: list[dict[str, object]]) -> Cells:
+    """The same matrix counted from the CouchDB documents."""
+    return dict(Counter((str(d["GroundTruth"]), str(d["InferredValue"])) for d in docs))
+
+
+def accuracy_of(cells: Cells) -> float:
+    return sum(n for (truth, predicted), n in cells.items() if truth == predicted) / sum(cells.values())
 
 
 def start_prometheus(ports: dict[str, int], workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -34,6 +78,7 @@ def start_prometheus(ports: dict[str, int], workdir: Path) -> tuple[subprocess.P
     assert binary, "Prometheus is not installed: `make test` installs Debian's prometheus package"
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERT_RULES)],
         "scrape_configs": [
             {"job_name": role, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
             for role, port in ports.items()
@@ -68,6 +113,21 @@ class Observed:
         body = response.json()
         assert body["status"] == "success", body
         return list(body["data"]["result"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        response = requests.get(f"{self.prometheus}/api/v1/rules", timeout=10)
+        response.raise_for_status()
+        return [rule for group in response.json()["data"]["groups"] for rule in group["rules"]]
+
+    def firing(self, alert: str, *labels: str) -> set[tuple[str, ...]]:
+        """The given labels of each firing instance of `alert`."""
+        return {
+            tuple(a["labels"].get(name, "") for name in labels)
+            for rule in self.rules()
+            if rule["name"] == alert
+            for a in rule["alerts"]
+            if a["state"] == "firing"
+        }
 
     def scrape(self, role: str) -> dict[str, float]:
         """Each sample of a service's /metrics, summed over label sets, by sample name."""
@@ -124,6 +184,28 @@ def test_health_and_readiness_endpoints(observed: Observed) -> None:
         assert observed.health[role] == (True, True), role
 
 
+def test_accuracy_from_the_counters_is_the_accuracy_in_couchdb(observed: Observed) -> None:
+    assert observed.services["producer"].wait(120) == 0
+    docs = observed.pipeline.wait_for_complete(IMAGES, timeout=120)
+    from_couch = document_cells(docs)
+    cells = wait_for_scored(observed.ports["sink"], IMAGES)
+    assert len(cells) == 100  # every cell exported, at 0 until an image lands in it
+    assert {cell: n for cell, n in cells.items() if n} == from_couch
+    assert accuracy_of(cells) == accuracy_of(from_couch)
+
+    # Prometheus computes the same, once it has scraped every image.
+    wait_for(
+        f"{IMAGES} images scored in Prometheus", lambda: _value(observed, f"sum({SCORED})") == IMAGES, 60
+    )
+    assert abs(_value(observed, ACCURACY_QUERY) - accuracy_of(from_couch)) < 1e-9
+    # The dashboard's confusion matrix: its rows add up to each class's images in CouchDB.
+    [matrix] = [expr for title, expr in dashboard_queries() if title.startswith("Confusion matrix")]
+    rows: Counter[str] = Counter()
+    for sample in observed.query(matrix):
+        rows[sample["metric"]["truth"]] += int(float(sample["value"][1]))  # type: ignore[index]
+    assert +rows == Counter(str(d["GroundTruth"]) for d in docs)
+
+
 def test_counters_count_what_went_through(observed: Observed) -> None:
     assert observed.services["producer"].wait(120) == 0
     observed.pipeline.wait_for_complete(IMAGES, timeout=120)
@@ -134,6 +216,35 @@ def test_counters_count_what_went_through(observed: Observed) -> None:
     assert sink["iot_sink_documents_completed_total"] == IMAGES
     assert sink["iot_dlq_messages_total"] == len(BAD_IMAGES)
     assert sink["iot_sink_end_to_end_latency_seconds_count"] == IMAGES
+
+
+def test_the_alert_rules_evaluate_on_the_real_series_and_a_dead_letter_fires(observed: Observed) -> None:
+    # Every rule evaluated without an error ("ok", not "err": a query that fails on real series).
+    wait_for(
+        "every alert rule evaluated",
+        lambda: all(rule["health"] == "ok" for rule in observed.rules()),
+        60,
+        observed.pipeline.alive,
+    )
+    assert len(observed.rules()) == 8
+    # Inference and sink are up: no IoTTargetDown.
+    assert observed.firing("IoTTargetDown", "job") == set()
+    # A bad image now, dead-lettered by both services that read the topic (last in this module, as
+    # it changes the counts above). Those sent at the start may have been counted before the
+    # first scrape, where `increase` cannot see them.
+    observed.pipeline.send_raw(observed.pipeline.images_topic, [b"not an image either"])
+    expected = {("inference", "not_json"), ("sink", "not_json")}
+    wait_for(
+        "IoTDeadLetters firing for inference and sink",
+        lambda: observed.firing("IoTDeadLetters", "service", "reason") == expected,
+        60,
+        observed.pipeline.alive,
+    )
+
+
+def _value(observed: Observed, expr: str) -> float:
+    [sample] = observed.query(expr)
+    return float(sample["value"][1])  # type: ignore[index]
 
 
 def _health(port: int, pipeline: Pipeline) -> tuple[bool, bool]:

@@ -11,7 +11,9 @@ import numpy as np
 
 from iot_shared.schema import CLASSES, ImageMessage, PredictionMessage, png_to_pixels
 from tests.integration.harness import Pipeline, wait_for
+from tests.integration.test_observability import accuracy_of, document_cells, wait_for_scored
 from tests.paths import EXPECTED_ACCURACY
+from tests.ports import free_port
 
 
 def test_300_images_at_full_speed_become_exactly_300_complete_documents(pipeline: Pipeline) -> None:
@@ -63,7 +65,8 @@ def test_inference_scales_out_within_its_consumer_group(pipeline: Pipeline) -> N
 
 def test_whole_test_set_matches_the_reference_model(pipeline: Pipeline, test_set, reference_model) -> None:
     pipeline.start("inference", IOT_MAX_BATCH="256")
-    pipeline.start("sink")
+    sink_port = free_port()
+    pipeline.start("sink", IOT_METRICS_PORT=str(sink_port))
     pipeline.produce(0)  # 0 = the whole split: all 10,000 test images
     pipeline.wait_for_complete(len(test_set), timeout=900)
     docs = pipeline.documents(attachments=True)
@@ -80,6 +83,13 @@ def test_whole_test_set_matches_the_reference_model(pipeline: Pipeline, test_set
     assert abs(accuracy - (reference == truth).mean()) <= 0.001
     # Every test image arrived once, with its own label (1,000 per class).
     assert np.bincount(truth, minlength=10).tolist() == [1000] * 10
+
+    # The sink's live score is the same: its confusion matrix is CouchDB's, cell for cell, so the
+    # accuracy from the counters is 81.05 % too and each row (ground truth) sums to 1,000.
+    cells = wait_for_scored(sink_port, len(test_set))
+    assert {cell: n for cell, n in cells.items() if n} == document_cells(docs)
+    assert accuracy_of(cells) == accuracy
+    assert [sum(cells[t, p] for p in CLASSES) for t in CLASSES] == [1000] * 10
 
 
 def test_prediction_before_image_and_duplicates_make_one_correct_document(pipeline: Pipeline) -> None:

@@ -24,6 +24,7 @@ from iot_sink.metrics import (
     DOCUMENTS_COMPLETED,
     DOCUMENTS_WRITTEN,
     END_TO_END_SECONDS,
+    observe_scored,
 )
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,13 @@ def _stub(attachment: dict[str, Any]) -> dict[str, Any]:
 
 
 def _observe_completion(before: Document | None, after: Document) -> None:
+    # Once per image, by the write that completes its document: a replay or a re-merge adds no
+    # field and writes nothing, and after a conflict `before` is the document re-read from
+    # CouchDB, so one that another sink completed is not counted again.
     if is_complete(after) and not (before and is_complete(before)):
         DOCUMENTS_COMPLETED.inc()
         END_TO_END_SECONDS.observe(max(0.0, after["StoredAt"] - after["ProducedAt"]))
+        observe_scored(after["GroundTruth"], after["InferredValue"], after["Confidence"])
 
 
 def _timed(operation: str, call: Callable[[], T]) -> T:
