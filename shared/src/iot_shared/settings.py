@@ -108,7 +108,7 @@ class CouchSettings(ServiceSettings):
 def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | None = None) -> S:
     """Build settings from env and `argv`; `--help` prints every flag and exits 0."""
     try:
-        return cls(_cli_parse_args=list(argv or []), _cli_prog_name=prog)  # type: ignore[call-arg]
+        return cls(_cli_parse_args=list(argv or []), _cli_prog_name=prog)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except SettingsError as exc:

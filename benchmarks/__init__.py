@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (benchmarks.pipeline) and the seed-style baseline it compares with."""
