@@ -330,6 +330,9 @@ def read_topics(
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
+            # librdkafka fetches ahead up to 64 MB per consumer by default: keep the audit's
+            # memory bounded by its ID sets, not by how much of a topic sits in the fetch queue.
+            "queued.max.messages.kbytes": 8192,
         }
     )
     try:
