@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -35,6 +36,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How long one poll blocks on a quiet stream: bounds how late a stop or a resume is noticed.
 IDLE_POLL_SECONDS = 0.5
+
+
+Decoded = tuple[list[T], list[tuple[Message, InvalidMessageError]]]
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    """Consumed records and their decoding, done or under way."""
+
+    records: list[Message]
+    decoded: Future[Decoded[T]]
 
 
 class RetryLaterError(PipelineError):
@@ -55,16 +67,31 @@ class BatchLoop(Generic[T]):
     backoff: Callable[[], Callable[[], float]] = backoff_delays
     _next_delay: Callable[[], float] = field(init=False)
     _resume_at: float | None = field(init=False, default=None)
+    _decoder: ThreadPoolExecutor = field(init=False)
+    _ahead: Batch[T] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._next_delay = self.backoff()
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
     def run(self, stop: StopFlag) -> None:
-        while not stop:
-            self.step()
+        try:
+            while not stop:
+                self.step()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the decoding thread; a batch decoded ahead is left uncommitted, so it comes again."""
+        self._ahead = None
+        self._decoder.shutdown(wait=True, cancel_futures=True)
 
     def step(self) -> bool | None:
-        """One poll and, if it brought records, one batch: True = committed, False = held back."""
+        """One batch, if there is one: True = committed, False = held back, None = nothing came.
+
+        While this batch is handled (the forward pass releases the GIL), the records that have
+        already arrived after it are decoded on a second thread: decoding overlaps handling.
+        """
         self.member.raise_if_fatal()
         wait = IDLE_POLL_SECONDS
         if self._resume_at is not None:
@@ -74,8 +101,16 @@ class BatchLoop(Generic[T]):
                 self.member.resume()
             else:
                 wait = min(wait, remaining)
-        records = self.poll_batch(wait)
-        return self.process(records) if records else None
+        batch, self._ahead = self._ahead, None
+        if batch is None:
+            records = self.poll_batch(wait)
+            if not records:
+                return None
+            batch = self._start_decoding(records)
+        # Only what has arrived already: decoding ahead must never delay this batch.
+        if following := self.member.consume(self.max_batch, 0):
+            self._ahead = self._start_decoding(following)
+        return self._finish(batch)
 
     def poll_batch(self, idle_wait: float) -> list[Message]:
         """The next batch, sized by what is waiting: one record when the stream is quiet (low
@@ -94,7 +129,21 @@ class BatchLoop(Generic[T]):
         return records
 
     def process(self, records: Sequence[Message]) -> bool:
-        messages = self.decode_all(records)
+        """Decode, handle, flush and commit one batch on this thread."""
+        return self._finish(self._start_decoding(records, ahead=False))
+
+    def _start_decoding(self, records: Sequence[Message], ahead: bool = True) -> Batch[T]:
+        if not ahead:
+            done: Future[Decoded[T]] = Future()
+            done.set_result(self.decode_all(records))
+            return Batch(list(records), done)
+        return Batch(list(records), self._decoder.submit(self.decode_all, records))
+
+    def _finish(self, batch: Batch[T]) -> bool:
+        messages, invalid = batch.decoded.result()
+        # The publisher is not thread-safe: dead letters are sent from this thread only.
+        for record, error in invalid:
+            self.dead_letters.send(record, error)
         try:
             if messages:
                 self.handle(messages)
@@ -102,10 +151,12 @@ class BatchLoop(Generic[T]):
             if failures:
                 raise RetryLaterError(f"{len(failures)} messages not acknowledged by the broker")
         except (RetryLaterError, *self.retry_on) as exc:  # type: ignore[misc]  # a tuple of classes
-            self._hold_back(records, exc)
+            # What was decoded ahead is dropped and rewound too: it must not overtake this batch.
+            ahead, self._ahead = self._ahead, None
+            self._hold_back(batch.records + (ahead.records if ahead else []), exc)
             return False
         self._next_delay = self.backoff()
-        self.member.commit(records)
+        self.member.commit(batch.records)
         return True
 
     def readiness(self) -> tuple[bool, str]:
@@ -114,17 +165,19 @@ class BatchLoop(Generic[T]):
             return False, f"kafka consumer failed: {self.member.fatal.str()}"
         return self.publisher.readiness()
 
-    def decode_all(self, records: Sequence[Message]) -> list[T]:
-        messages = []
+    def decode_all(self, records: Sequence[Message]) -> Decoded[T]:
+        """The valid messages, and each invalid record with its contract error. Pure: it may run
+        on the decoding thread."""
+        messages: list[T] = []
+        invalid: list[tuple[Message, InvalidMessageError]] = []
         for record in records:
             try:
                 messages.append(self.decode(record))
             except InvalidMessageError as exc:
-                self.dead_letters.send(record, exc)
-            except Exception as exc:
-                detail = f"{type(exc).__name__}: {exc}"
-                self.dead_letters.send(record, InvalidMessageError("undecodable", detail))
-        return messages
+                invalid.append((record, exc))
+            except Exception as exc:  # one record must never stop the service
+                invalid.append((record, InvalidMessageError("undecodable", f"{type(exc).__name__}: {exc}")))
+        return messages, invalid
 
     def _hold_back(self, records: Sequence[Message], exc: BaseException) -> None:
         delay = self._next_delay()

@@ -81,9 +81,11 @@ def test_a_batch_is_what_has_arrived_without_waiting_to_fill_it() -> None:
     loop, _ = make_loop(consumer, handler, max_batch=64)
     assert loop.step() is True
     assert handler.batches == [[1, 2, 3]]
-    assert calls == [(64, 0)]  # taken at once: three records do not wait for 61 more
+    # Taken at once: three records do not wait for 61 more (then a look, without waiting, for
+    # records to decode ahead).
+    assert calls == [(64, 0), (64, 0)]
     assert loop.step() is None  # nothing left: block for the first record only
-    assert calls[1:] == [(64, 0), (1, 0.5)]
+    assert calls[2:] == [(64, 0), (1, 0.5)]
 
 
 def test_invalid_and_undecodable_records_are_dead_lettered_and_the_rest_goes_on() -> None:
@@ -118,6 +120,18 @@ def test_a_failed_batch_is_held_back_then_consumed_again_from_its_first_offset()
     assert consumer.committed == {("t", 0): 3, ("t", 1): 2}
     assert consumer.paused == set()
     assert REGISTRY.get_sample_value("iot_consumer_paused", {"service": "unit"}) == 0
+
+
+def test_records_that_arrived_meanwhile_are_decoded_ahead_and_rewound_with_a_failed_batch() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3", b"4", b"bad"]})
+    handler = Handler(failures=1)
+    loop, publisher = make_loop(consumer, handler, max_batch=2)
+    assert loop.step() is False  # [1, 2] failed; [3, 4], decoded ahead meanwhile, goes back too
+    assert consumer.fetch[("t", 0)] == 0 and loop._ahead is None
+    assert [loop.step() for _ in range(3)] == [True, True, True]
+    assert handler.batches == [[1, 2], [3, 4]]  # a batch of only bad records is not handled
+    assert [reason for reason, _, _ in publisher.dead_letters()] == ["not_json"]  # sent once it is its turn
+    assert consumer.committed == {("t", 0): 5}
 
 
 def test_the_member_keeps_polling_while_held_back() -> None:
