@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 from confluent_kafka import Consumer, Producer
 
 from iot_shared.kafka import ensure_topics
+from iot_shared.schema import ImageMessage
 from iot_shared.settings import ServiceSettings
 from tests.paths import CIFAR_DIR, WEIGHTS
 from tests.waiting import wait_for
@@ -243,6 +245,17 @@ class Pipeline:
         finally:
             consumer.close()
         return messages
+
+
+def random_images(n: int) -> list[ImageMessage]:
+    """`n` valid image messages with fresh IDs and random pixels, for tests that send their own."""
+    rng = np.random.default_rng(n)
+    return [
+        ImageMessage.from_pixels(
+            str(uuid.uuid4()), "cat", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 1.0, "t"
+        )
+        for _ in range(n)
+    ]
 
 
 def is_complete(doc: dict[str, Any]) -> bool:

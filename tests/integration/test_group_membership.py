@@ -5,23 +5,10 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
-
 from iot_shared.consumer import join_group
-from iot_shared.schema import ImageMessage
 from iot_shared.settings import ConsumerSettings
-from tests.integration.harness import Pipeline, wait_for
+from tests.integration.harness import Pipeline, random_images, wait_for
 from tests.ports import free_port
-
-
-def _images(n: int) -> list[ImageMessage]:
-    rng = np.random.default_rng(n)
-    return [
-        ImageMessage.from_pixels(
-            str(uuid.uuid4()), "cat", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 1.0, "t"
-        )
-        for _ in range(n)
-    ]
 
 
 def test_holding_back_rewinds_and_resumes_without_losing_or_skipping_a_record(pipeline: Pipeline) -> None:
@@ -62,12 +49,12 @@ def test_a_killed_static_member_gets_its_partitions_back_long_before_its_session
 ) -> None:
     # A session of 60 s: without static membership the restarted sink would wait that long.
     sink = pipeline.start("sink", IOT_GROUP_INSTANCE_ID="sink-{hostname}", IOT_SESSION_TIMEOUT_MS="60000")
-    first = _images(10)
+    first = random_images(10)
     pipeline.send_raw(pipeline.images_topic, [m.encode() for m in first])
     wait_for("the first documents", lambda: len(pipeline.documents()) == 10, 60, pipeline.alive)
     sink.kill()
     sink.start()
-    second = _images(11)
+    second = random_images(11)
     pipeline.send_raw(pipeline.images_topic, [m.encode() for m in second])
     wait_for("documents after the restart", lambda: len(pipeline.documents()) == 21, 40, pipeline.alive)
 

@@ -19,7 +19,7 @@ from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_shared.settings import CouchSettings
 from iot_sink.documents import group_by_id
 from iot_sink.store import DocumentStore
-from tests.integration.harness import Pipeline, Stack, wait_for
+from tests.integration.harness import Pipeline, Stack, random_images, wait_for
 from tests.paths import REPO
 from tests.ports import free_port
 
@@ -120,12 +120,12 @@ def test_sink_rides_out_a_couchdb_outage_longer_than_its_poll_interval_without_l
             IOT_MAX_POLL_INTERVAL_MS="6000",
             IOT_SESSION_TIMEOUT_MS="6000",
         )
-        first = _messages(20)
+        first = random_images(20)
         pipeline.send_raw(pipeline.images_topic, [m.encode() for m in first])
         wait_for("the first documents", lambda: len(pipeline.documents()) == 20, 60, pipeline.alive)
 
         private_couch.stop()
-        second = _messages(30)
+        second = random_images(30)
         pipeline.send_raw(pipeline.images_topic, [m.encode() for m in second])
         pipeline.send_raw(
             pipeline.predictions_topic,
@@ -151,16 +151,6 @@ def test_sink_rides_out_a_couchdb_outage_longer_than_its_poll_interval_without_l
             )
     finally:
         pipeline.close()
-
-
-def _messages(n: int) -> list[ImageMessage]:
-    rng = np.random.default_rng(n)
-    return [
-        ImageMessage.from_pixels(
-            str(uuid.uuid4()), "cat", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 1.0, "t"
-        )
-        for _ in range(n)
-    ]
 
 
 def _metric(port: int, series: str) -> float:
