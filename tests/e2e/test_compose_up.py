@@ -336,8 +336,14 @@ def test_images_flow_into_couchdb(stack: Stack) -> None:
     some_id = next(iter(docs))
     png = requests.get(f"{stack.couchdb}/img_db/{some_id}/image.png", auth=stack.auth, timeout=10)
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG"), png.status_code
-    producer = next(c for c in stack.containers() if service(c) == "producer")
-    assert producer["State"]["Status"] == "exited" and producer["State"]["ExitCode"] == 0, describe(producer)
+
+    # The images can be stored before the producer has finished its own exit (flush, summary).
+    def producer_exited() -> dict[str, Any] | None:
+        producer = next(c for c in stack.containers() if service(c) == "producer")
+        return producer if producer["State"]["Status"] == "exited" else None
+
+    producer = wait_for("the producer to exit", producer_exited, 60)
+    assert producer["State"]["ExitCode"] == 0, describe(producer)
 
 
 def test_prometheus_scrapes_inference_and_sink(stack: Stack) -> None:
