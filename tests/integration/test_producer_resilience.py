@@ -98,7 +98,7 @@ def crashing_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Privat
         yield stack
 
 
-def test_producer_rides_out_two_broker_crashes_at_full_speed(
+def test_producer_rides_out_two_broker_crashes(
     crashing_broker: PrivateStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     count = 8000
@@ -111,7 +111,9 @@ def test_producer_rides_out_two_broker_crashes_at_full_speed(
         producer = pipeline.start(
             "producer",
             IOT_COUNT=str(count),
-            IOT_RATE="0",
+            # Paced (about 50 s) so that both crashes surely come before the end of the run: at
+            # full speed a quick broker restart let the run finish before the second crash.
+            IOT_RATE="160",
             IOT_STATE_DIR=str(state),
             # Two broker restarts take a while on a loaded machine.
             IOT_FLUSH_TIMEOUT_SECONDS="300",
