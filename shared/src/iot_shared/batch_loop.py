@@ -128,15 +128,7 @@ class BatchLoop(Generic[T]):
             records += self.member.consume(self.max_batch - 1, self.max_fill_wait_seconds)
         return records
 
-    def process(self, records: Sequence[Message]) -> bool:
-        """Decode, handle, flush and commit one batch on this thread."""
-        return self._finish(self._start_decoding(records, ahead=False))
-
-    def _start_decoding(self, records: Sequence[Message], ahead: bool = True) -> Batch[T]:
-        if not ahead:
-            done: Future[Decoded[T]] = Future()
-            done.set_result(self.decode_all(records))
-            return Batch(list(records), done)
+    def _start_decoding(self, records: Sequence[Message]) -> Batch[T]:
         return Batch(list(records), self._decoder.submit(self.decode_all, records))
 
     def _finish(self, batch: Batch[T]) -> bool:
