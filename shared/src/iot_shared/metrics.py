@@ -16,6 +16,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import REGISTRY, Counter, Gauge, Info, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from iot_shared.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 BUILD_INFO = Info("iot_build", "Version of the running service and the model it serves")
@@ -58,6 +60,23 @@ Readiness = Callable[[], tuple[bool, str]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+class Probe:
+    """/readyz of a service that opens its port first, so a taken port fails at once: not ready,
+    saying what it is doing, until `follow` hands it the running service's own check."""
+
+    def __init__(self, doing: str) -> None:
+        self._check: Readiness = lambda: (False, doing)
+
+    def doing(self, what: str) -> None:
+        self._check = lambda: (False, what)
+
+    def follow(self, check: Readiness) -> None:
+        self._check = check
+
+    def __call__(self) -> tuple[bool, str]:
+        return self._check()
+
+
 def health_app(ready: Readiness) -> WsgiApp:
     metrics_app = make_wsgi_app(REGISTRY)
 
@@ -80,9 +99,15 @@ def serve_http(port: int, ready: Readiness, host: str = "0.0.0.0") -> WSGIServer
     """Serve /metrics, /healthz, /readyz on `port` from a daemon thread; port 0 turns it off."""
     if port == 0:
         return None
-    server = make_server(
-        host, port, health_app(ready), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
-    )
+    try:
+        server = make_server(
+            host, port, health_app(ready), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"IOT_METRICS_PORT={port}: cannot serve on {host}:{port} ({exc.strerror or exc}); "
+            "choose a free port, or 0 to turn it off"
+        ) from None
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
     return server

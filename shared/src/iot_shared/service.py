@@ -38,6 +38,9 @@ def run_service(
     stop = StopFlag().install()
     try:
         return run(settings, stop)
+    except ConfigError as exc:  # found only once running, e.g. a metrics port already taken
+        log.error("%s", exc)
+        return EXIT_BAD_CONFIG
     except (PipelineError, TimeoutError) as exc:
         log.error("%s", exc)
         return EXIT_FAILED

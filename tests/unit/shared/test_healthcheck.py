@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 import pytest
 
 from iot_shared.healthcheck import main
-from iot_shared.metrics import serve_http
+from iot_shared.metrics import Probe, serve_http
 from tests.ports import free_port
 
 
@@ -26,3 +29,23 @@ def test_healthcheck_exit_code_follows_the_endpoint(
 def test_healthcheck_fails_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IOT_METRICS_PORT", str(free_port()))
     assert main([]) == 1
+
+
+def test_readyz_says_what_a_starting_service_does_then_follows_its_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    probe = Probe("loading the model")
+    server = serve_http(port, probe, host="127.0.0.1")
+    assert server is not None
+    monkeypatch.setenv("IOT_METRICS_PORT", str(port))
+    try:
+        assert main(["/healthz"]) == 0
+        with pytest.raises(urllib.error.HTTPError) as starting:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3)
+        assert starting.value.code == 503
+        assert starting.value.read() == b"loading the model\n"
+        probe.follow(lambda: (True, "consuming"))
+        assert main(["/readyz"]) == 0
+    finally:
+        server.shutdown()

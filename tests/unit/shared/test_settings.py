@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 
@@ -75,6 +76,35 @@ def test_bad_config_exits_2_with_a_clear_message(module: str) -> None:
     )
     assert result.returncode == 2
     assert "IOT_METRICS_PORT / --metrics-port" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["iot_producer", "iot_inference", "iot_sink"])
+def test_a_taken_metrics_port_exits_2_at_once_naming_the_setting(module: str) -> None:
+    """Before anything slow (model, CIFAR-10, broker, CouchDB): the broker address leads nowhere,
+    so a service that got past its port would wait, not exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104  # where the services listen
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", module],
+            env={
+                "IOT_METRICS_PORT": str(port),
+                "IOT_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                "IOT_COUCHDB_URL": "http://127.0.0.1:9",
+                "IOT_COUCHDB_PASSWORD": "x",
+                "IOT_DATA_DIR": "/nonexistent",
+                "PATH": "",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if f"IOT_METRICS_PORT={port}" in line]
+    assert len(errors) == 1, result.stderr
+    assert "Address already in use" in errors[0]
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("module", ["iot_producer", "iot_inference", "iot_sink", "iot_shared.topics"])

@@ -32,7 +32,7 @@ from iot_shared.consumer import GroupMember, join_group
 from iot_shared.dead_letters import DeadLetters
 from iot_shared.kafka import wait_for_topics
 from iot_shared.lifecycle import StopFlag
-from iot_shared.metrics import BUILD_INFO, serve_http
+from iot_shared.metrics import BUILD_INFO, Probe, serve_http
 from iot_shared.publisher import Publisher
 from iot_shared.schema import MODEL_NAME, ImageMessage, Pixels, PredictionMessage
 
@@ -107,18 +107,21 @@ def classification_loop(
 
 
 def run(settings: InferenceSettings, stop: StopFlag) -> int:
-    classifier = load_classifier(settings)
-    wait_for_topics(settings, [settings.images_topic], stop, settings.startup_timeout_seconds)
-    publisher = Publisher(settings, SERVICE, [settings.predictions_topic, settings.dlq_topic])
-    member = join_group(settings, SERVICE, [settings.images_topic])
-    loop = classification_loop(settings, member, publisher, classifier)
     with ExitStack() as cleanup:
-        # Closed in reverse: stop serving, leave the group, then flush what is left.
-        cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
-        cleanup.callback(member.close)
-        server = serve_http(settings.metrics_port, loop.readiness)
+        # Closed in reverse: leave the group, flush what is left, then stop serving.
+        probe = Probe("loading the model")
+        server = serve_http(settings.metrics_port, probe)
         if server is not None:
             cleanup.callback(server.shutdown)
+        classifier = load_classifier(settings)
+        probe.doing("waiting for Kafka")
+        wait_for_topics(settings, [settings.images_topic], stop, settings.startup_timeout_seconds)
+        publisher = Publisher(settings, SERVICE, [settings.predictions_topic, settings.dlq_topic])
+        cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
+        member = join_group(settings, SERVICE, [settings.images_topic])
+        cleanup.callback(member.close)
+        loop = classification_loop(settings, member, publisher, classifier)
+        probe.follow(loop.readiness)
         log.info("classifying %s -> %s", settings.images_topic, settings.predictions_topic)
         loop.run(stop)
     return 0

@@ -18,7 +18,7 @@ from iot_producer.runs import Run, image_id, open_run
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DeliveryError
 from iot_shared.lifecycle import StopFlag
-from iot_shared.metrics import serve_http
+from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher, Undelivered
 from iot_shared.schema import ImageMessage
 
@@ -69,12 +69,22 @@ def load_dataset(settings: ProducerSettings) -> cifar.Dataset:
 
 
 def run(settings: ProducerSettings, stop: StopFlag) -> int:
+    probe = Probe("loading CIFAR-10")
+    server = serve_http(settings.metrics_port, probe)
+    try:
+        return publish_run(settings, stop, probe)
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe) -> int:
     dataset = load_dataset(settings)
     indices = choose_indices(len(dataset), settings.count, settings.order, settings.start, settings.seed)
     current = open_run(settings.state_dir, settings.run_id)
     log.info("%s: %d %s images", current.describe(), len(indices), settings.split)
     publisher = Publisher(settings, SERVICE, topics=[settings.images_topic])
-    server = serve_http(settings.metrics_port, publisher.readiness)
+    probe.follow(publisher.readiness)
     sent: list[str] = []
     try:
         for position in schedule(len(indices), settings.seconds_between_images, stop):
@@ -90,8 +100,6 @@ def run(settings: ProducerSettings, stop: StopFlag) -> int:
     finally:
         # Also after SIGTERM: what was sent gets its chance to be acknowledged.
         undelivered = publisher.flush(settings.flush_timeout_seconds)
-        if server is not None:
-            server.shutdown()
     return finish(current, len(indices), sent, undelivered)
 
 

@@ -24,7 +24,7 @@ from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import ConfigError
 from iot_shared.kafka import wait_for_topics
 from iot_shared.lifecycle import StopFlag, wait_until
-from iot_shared.metrics import serve_http
+from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher
 from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_sink.documents import group_by_id
@@ -98,18 +98,22 @@ def storage_loop(
 
 
 def run(settings: SinkSettings, stop: StopFlag) -> int:
-    client = connect_couch(settings, stop)
-    topics = [settings.images_topic, settings.predictions_topic]
-    wait_for_topics(settings, topics, stop, settings.startup_timeout_seconds)
-    publisher = Publisher(settings, SERVICE, [settings.dlq_topic])
-    member = join_group(settings, SERVICE, topics)
-    loop = storage_loop(settings, member, publisher, DocumentStore(client, settings.couchdb_db))
     with ExitStack() as cleanup:
-        cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
-        cleanup.callback(member.close)
-        server = serve_http(settings.metrics_port, lambda: _readiness(client, settings, loop))
+        # Closed in reverse: leave the group, flush what is left, then stop serving.
+        probe = Probe("waiting for CouchDB")
+        server = serve_http(settings.metrics_port, probe)
         if server is not None:
             cleanup.callback(server.shutdown)
+        client = connect_couch(settings, stop)
+        probe.doing("waiting for Kafka")
+        topics = [settings.images_topic, settings.predictions_topic]
+        wait_for_topics(settings, topics, stop, settings.startup_timeout_seconds)
+        publisher = Publisher(settings, SERVICE, [settings.dlq_topic])
+        cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
+        member = join_group(settings, SERVICE, topics)
+        cleanup.callback(member.close)
+        loop = storage_loop(settings, member, publisher, DocumentStore(client, settings.couchdb_db))
+        probe.follow(lambda: _readiness(client, settings, loop))
         log.info("storing %s into %s/%s", " + ".join(topics), settings.couchdb_url, settings.couchdb_db)
         loop.run(stop)
     return 0
