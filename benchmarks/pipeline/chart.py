@@ -1,4 +1,5 @@
-"""bench.png: throughput of each stage beside the model's, and latency percentiles per rate."""
+"""bench.png: throughput of each stage beside the model's, latency percentiles per rate, and the batch
+size the inference chose in each regime."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 
 from benchmarks.pipeline.goals import END_TO_END_VS_MODEL, INFERENCE_VS_MODEL
 from benchmarks.pipeline.results import BenchResult
@@ -30,8 +32,28 @@ def throughput_bars(result: BenchResult) -> list[tuple[str, float]]:
     return bars
 
 
+def regimes(result: BenchResult) -> list[tuple[str, float]]:
+    """Mean images per forward pass at each fixed rate and at full speed: the adaptive batching's
+    two regimes, one image at a time while it keeps up, large batches under a backlog."""
+    runs = [(f"{lat.rate:g}/s", lat.batch_sizes) for lat in result.latency]
+    runs.append(("full\nspeed", result.end_to_end_batch_sizes))
+    return [(label, sizes.mean) for label, sizes in runs if sizes is not None]
+
+
+def regime_bars(result: BenchResult, axes: Axes) -> None:
+    bars = regimes(result)
+    if not bars:
+        axes.set_axis_off()
+        return
+    labels, means = zip(*bars, strict=True)
+    drawn = axes.bar(labels, means, color="#9467bd")
+    axes.bar_label(drawn, fmt="{:,.1f}")
+    axes.set_ylabel("mean images per forward pass")
+    axes.set_title("Batch size the inference chose")
+
+
 def write_chart(result: BenchResult, path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [5, 4]})
+    fig, (left, right, batches) = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [5, 4, 3]})
     labels, values = zip(*throughput_bars(result), strict=True)
     colours = ["#777777", "#1f77b4", "#2ca02c", "#d62728", "#bbbbbb"]
     drawn = left.bar(labels, values, color=colours[: len(values)])
@@ -64,6 +86,7 @@ def write_chart(result: BenchResult, path: Path) -> None:
     right.set_ylabel("StoredAt - ProducedAt, ms (log)")
     right.set_title("Latency at fixed producer rates")
     right.legend(fontsize=8)
+    regime_bars(result, batches)
     machine = result.machine
     fig.suptitle(f"make bench: {machine['cpus']} CPUs, commit {machine['commit']}", fontsize=10)
     fig.tight_layout()

@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 
 from confluent_kafka import Message
 
+from iot_shared.batch_sizing import BatchSizer
 from iot_shared.consumer import GroupMember
 from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import InvalidMessageError, PipelineError
@@ -63,8 +64,10 @@ class BatchLoop(Generic[T]):
     max_batch: int
     max_fill_wait_seconds: float
     delivery_timeout_seconds: float
+    latency_target_seconds: float = 0.0  # see batch_sizing; 0 = batches up to max_batch always
     retry_on: tuple[type[BaseException], ...] = ()
     backoff: Callable[[], Callable[[], float]] = backoff_delays
+    sizer: BatchSizer = field(init=False)
     _next_delay: Callable[[], float] = field(init=False)
     _resume_at: float | None = field(init=False, default=None)
     _decoder: ThreadPoolExecutor = field(init=False)
@@ -72,6 +75,7 @@ class BatchLoop(Generic[T]):
 
     def __post_init__(self) -> None:
         self._next_delay = self.backoff()
+        self.sizer = BatchSizer(self.member.service, self.max_batch, self.latency_target_seconds)
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
     def run(self, stop: StopFlag) -> None:
@@ -108,30 +112,33 @@ class BatchLoop(Generic[T]):
                 return None
             batch = self._start_decoding(records)
         # Only what has arrived already: decoding ahead must never delay this batch.
-        if following := self.member.consume(self.max_batch, 0):
+        if following := self.member.consume(self.sizer.limit, 0):
             self._ahead = self._start_decoding(following)
         return self._finish(batch)
 
     def poll_batch(self, idle_wait: float) -> list[Message]:
         """The next batch, sized by what is waiting: one record when the stream is quiet (low
-        latency), up to `max_batch` under a backlog (throughput), with no fixed wait to fill it.
+        latency), up to the sizer's limit under a backlog (throughput), with no fixed wait to fill it.
 
         librdkafka fetches in the background, so what it has already fetched is taken at once;
         only when nothing is there does the loop block, for the first record, up to `idle_wait`.
         After the first record, `max_fill_wait_seconds` (0 by default) lets a batch grow further.
         """
-        records = self.member.consume(self.max_batch, 0)
+        limit = self.sizer.limit
+        records = self.member.consume(limit, 0)
         if records:
             return records
         records = self.member.consume(1, idle_wait)
-        if records and self.max_batch > 1:
-            records += self.member.consume(self.max_batch - 1, self.max_fill_wait_seconds)
+        if records and limit > 1:
+            records += self.member.consume(limit - 1, self.max_fill_wait_seconds)
         return records
 
     def _start_decoding(self, records: Sequence[Message]) -> Batch[T]:
+        self.sizer.consumed(records)
         return Batch(list(records), self._decoder.submit(self.decode_all, records))
 
     def _finish(self, batch: Batch[T]) -> bool:
+        started = time.perf_counter()
         messages, invalid = batch.decoded.result()
         # The publisher is not thread-safe: dead letters are sent from this thread only.
         for record, error in invalid:
@@ -148,6 +155,7 @@ class BatchLoop(Generic[T]):
             self._hold_back(batch.records + (ahead.records if ahead else []), exc)
             return False
         self._next_delay = self.backoff()
+        self.sizer.handled(len(batch.records), time.perf_counter() - started)
         self.member.commit(batch.records)
         return True
 

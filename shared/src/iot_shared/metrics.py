@@ -48,6 +48,12 @@ CONSUMER_PAUSED = Gauge(
     "1 while the service holds its partitions back because it cannot deliver its output",
     ["service"],
 )
+BATCH_LIMIT = Gauge(
+    "iot_consumer_batch_limit",
+    "Most records the next batch may hold: small while the service keeps up with "
+    "IOT_LATENCY_TARGET_MS, IOT_MAX_BATCH when it is behind",
+    ["service"],
+)
 
 # Latency buckets from 0.25 ms to 30 s: per-image inference is sub-millisecond; end to end is tens
 # of milliseconds when all is well (finely resolved, for its p99), seconds under a backlog.

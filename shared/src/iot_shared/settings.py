@@ -81,6 +81,13 @@ class ConsumerSettings(ServiceSettings):
         description="After a batch's first record, how long to wait for more (0 = take what has arrived: "
         "batches grow with the backlog on their own)",
     )
+    latency_target_ms: int = Field(
+        50,
+        ge=0,
+        description="Adaptive batching: while records are younger than this, a batch holds only what the "
+        "service handles within it; when they are older (a backlog), up to IOT_MAX_BATCH (0 = always up "
+        "to IOT_MAX_BATCH)",
+    )
     delivery_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for a batch's output to be acknowledged before retrying it"
     )

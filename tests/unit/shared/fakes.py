@@ -16,9 +16,15 @@ Partition = tuple[str, int]
 class FakeConsumer:
     """Partitions of records with a fetch position each; pause, seek and commit as librdkafka does."""
 
-    def __init__(self, records: dict[Partition, list[bytes | None]]) -> None:
+    def __init__(
+        self, records: dict[Partition, list[bytes | None]], timestamps: list[tuple[int, int]] | None = None
+    ) -> None:
+        """`timestamps` (kind, ms) are given to each partition's records in turn."""
         self.logs = {
-            tp: [Message(topic=tp[0], partition=tp[1], offset=i, value=v) for i, v in enumerate(values)]
+            tp: [
+                Message(topic=tp[0], partition=tp[1], offset=i, value=v, timestamp=ts)
+                for i, (v, ts) in enumerate(zip(values, timestamps or [(0, 0)] * len(values), strict=True))
+            ]
             for tp, values in records.items()
         }
         self.fetch = dict.fromkeys(self.logs, 0)  # where the next fetch starts

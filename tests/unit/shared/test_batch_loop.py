@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message, TopicPartition
 from prometheus_client import REGISTRY
 
 from iot_shared.batch_loop import BatchLoop, RetryLaterError
@@ -42,6 +43,7 @@ def make_loop(
     handler: Handler,
     publisher: RecordingPublisher | None = None,
     max_batch: int = 100,
+    latency_target_ms: float = 0,
 ) -> tuple[BatchLoop[int], RecordingPublisher]:
     publisher = publisher or RecordingPublisher()
     loop = BatchLoop(
@@ -53,6 +55,7 @@ def make_loop(
         max_batch=max_batch,
         max_fill_wait_seconds=0.0,
         delivery_timeout_seconds=1.0,
+        latency_target_seconds=latency_target_ms / 1000,
         backoff=lambda: lambda: 0.0,  # resume at the next step: no sleeping in unit tests
     )
     return loop, publisher
@@ -221,3 +224,18 @@ def test_a_dead_letter_of_a_record_just_under_the_broker_limit_still_fits() -> N
     assert len(value) + len(key or "") + sum(len(k) + len(v) for k, v in headers.items()) <= MAX_RECORD_BYTES
     assert headers["dlq.truncated.from"] == b"999850"
     assert value == b"x" * len(value) and len(value) > 900_000
+
+
+def test_a_batch_is_capped_by_the_latency_target_while_records_are_young() -> None:
+    now = time.time()
+    young = [(TIMESTAMP_CREATE_TIME, int(now * 1000))] * 10
+    consumer = FakeConsumer({("t", 0): [str(i).encode() for i in range(10)]}, timestamps=young)
+    handler = Handler()
+    loop, _ = make_loop(consumer, handler, max_batch=64, latency_target_ms=50)
+    loop.sizer.clock = lambda: now
+    loop.sizer.handled(1, 0.009)  # 9 ms a record: 5 records fit in 50 ms
+    loop.sizer.consumed(consumer.logs[("t", 0)][:1])
+    while loop.step():
+        pass
+    assert [len(b) for b in handler.batches] == [5, 5]
+    assert consumer.committed == {("t", 0): 10}

@@ -102,6 +102,7 @@ def classification_loop(
         handle=publish_predictions,
         max_batch=settings.max_batch,
         max_fill_wait_seconds=settings.max_wait_ms / 1000,
+        latency_target_seconds=settings.latency_target_ms / 1000,
         delivery_timeout_seconds=settings.delivery_timeout_seconds,
     )
 
