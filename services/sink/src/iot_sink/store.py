@@ -38,10 +38,13 @@ class WriteError(PipelineError):
 
 
 class DocumentStore:
-    """Merges updates into CouchDB. Remembers the documents it wrote last (their fields and
-    `_rev`, attachments as stubs), so completing a document it just created, the prediction
-    arriving after the image, costs one request, not a read and a write. A remembered revision
-    that someone else has replaced since is a conflict like any other: re-read, merged again."""
+    """Merges updates into CouchDB in one request per batch, reading nothing first.
+
+    It remembers the documents it wrote last (their fields and `_rev`, attachments as stubs),
+    so completing a document it just created, the prediction arriving after the image, is one
+    write. A document it does not remember is written as new: it usually is, and when it is not
+    (a replay, another sink's document) CouchDB answers with a conflict, and the document is
+    read and merged like any other conflict, such as a remembered revision someone replaced."""
 
     def __init__(self, client: CloudantV1, db: str, remember: int = 50_000) -> None:
         self._client = client
@@ -56,8 +59,8 @@ class DocumentStore:
         for round_ in range(MAX_CONFLICT_ROUNDS):
             if not pending:
                 return written
-            # After a conflict, memory is stale for those documents: read them.
-            existing = self._known(list(pending), trust_memory=round_ == 0)
+            # First from memory alone; after a conflict, read those documents.
+            existing = self._known(list(pending), first_round=round_ == 0)
             now = time.time()
             docs = [
                 doc
@@ -66,24 +69,21 @@ class DocumentStore:
             ]
             conflicted = self._bulk_write(docs, existing) if docs else set()
             written += len(docs) - len(conflicted)
-            if conflicted:
-                CONFLICTS_RESOLVED.inc(len(conflicted))
-                log.info("resolving %d revision conflicts", len(conflicted))
+            # A document written as new that exists is no one's conflict: it was just not in memory.
+            if stale := [doc_id for doc_id in conflicted if doc_id in existing]:
+                CONFLICTS_RESOLVED.inc(len(stale))
+                log.info("resolving %d revision conflicts", len(stale))
             pending = {doc_id: pending[doc_id] for doc_id in conflicted}
         raise WriteError(f"{len(pending)} documents still conflict after {MAX_CONFLICT_ROUNDS} rounds")
 
-    def _known(self, ids: list[str], trust_memory: bool) -> dict[str, Document]:
-        """The current documents: from memory where we wrote them last, else read from CouchDB."""
-        known: dict[str, Document] = {}
-        if trust_memory:
-            known = {doc_id: self._written[doc_id] for doc_id in ids if doc_id in self._written}
-        else:
-            for doc_id in ids:
-                self._written.pop(doc_id, None)
-        missing = [doc_id for doc_id in ids if doc_id not in known]
-        if missing:
-            known.update(self._read(missing))
-        return known
+    def _known(self, ids: list[str], first_round: bool) -> dict[str, Document]:
+        """The current documents: at first those remembered (others are taken to be new), after
+        a conflict read from CouchDB (memory is stale for them)."""
+        if first_round:
+            return {doc_id: self._written[doc_id] for doc_id in ids if doc_id in self._written}
+        for doc_id in ids:
+            self._written.pop(doc_id, None)
+        return self._read(ids)
 
     def _remember_written(self, doc: Document, rev: str) -> None:
         stubs = {name: _stub(a) for name, a in doc.get("_attachments", {}).items()}
