@@ -66,6 +66,10 @@ Readiness = Callable[[], tuple[bool, str]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+class PortTakenError(ConfigError):
+    """The metrics port cannot be served (taken, or not ours to bind): a bad setting, exit 2."""
+
+
 class Probe:
     """/readyz of a service that opens its port first, so a taken port fails at once: not ready,
     saying what it is doing, until `follow` hands it the running service's own check."""
@@ -110,7 +114,7 @@ def serve_http(port: int, ready: Readiness, host: str = "0.0.0.0") -> WSGIServer
             host, port, health_app(ready), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
         )
     except OSError as exc:
-        raise ConfigError(
+        raise PortTakenError(
             f"IOT_METRICS_PORT={port}: cannot serve on {host}:{port} ({exc.strerror or exc}); "
             "choose a free port, or 0 to turn it off"
         ) from None

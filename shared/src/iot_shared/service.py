@@ -10,7 +10,7 @@ from typing import TypeVar
 from iot_shared.errors import ConfigError, PipelineError
 from iot_shared.lifecycle import StopFlag
 from iot_shared.logs import configure_logging
-from iot_shared.metrics import BUILD_INFO
+from iot_shared.metrics import BUILD_INFO, PortTakenError
 from iot_shared.settings import ServiceSettings, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -38,7 +38,7 @@ def run_service(
     stop = StopFlag().install()
     try:
         return run(settings, stop)
-    except ConfigError as exc:  # found only once running, e.g. a metrics port already taken
+    except PortTakenError as exc:  # a bad setting, found once running
         log.error("%s", exc)
         return EXIT_BAD_CONFIG
     except (PipelineError, TimeoutError) as exc:
