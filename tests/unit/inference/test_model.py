@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iot_inference.classifier import Classifier, to_tensor
-from iot_inference.model import WEIGHTS_SHA256, fetch_weights, load_resnet20, resnet20
+from iot_inference.model import WEIGHTS_SHA256, fetch_weights, fold_batch_norms, load_resnet20, resnet20
 from iot_shared.errors import DataError
 from iot_shared.schema import CLASSES
 from tests.paths import EXPECTED_ACCURACY
@@ -17,6 +17,16 @@ def test_published_state_dict_loads_strictly(weights_path: Path) -> None:
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     assert set(state) == set(resnet20().state_dict())
     assert len(state) == 128
+
+
+def test_folding_batch_norms_keeps_the_published_model_s_outputs(weights_path: Path, test_set) -> None:
+    published = load_resnet20(weights_path)
+    folded = fold_batch_norms(published)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in published.modules())  # a copy was folded
+    x = to_tensor(list(test_set.images[:512]))
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), published(x), atol=1e-4)
 
 
 def test_wrong_weights_file_is_refused(tmp_path: Path) -> None:

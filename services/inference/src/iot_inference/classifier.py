@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
+from iot_inference.model import CifarResNet, fold_batch_norms
 from iot_shared.schema import CLASSES, Pixels
 
 # The published model's training normalization (chenyaofo, logs/cifar10/resnet20).
@@ -31,8 +31,8 @@ def to_tensor(images: Sequence[Pixels]) -> torch.Tensor:
 
 
 class Classifier:
-    def __init__(self, model: nn.Module) -> None:
-        self._model = model.eval()
+    def __init__(self, model: CifarResNet) -> None:
+        self._model = fold_batch_norms(model)
 
     def predict(self, images: Sequence[Pixels]) -> list[Prediction]:
         if not images:

@@ -8,12 +8,14 @@ would run code fetched from the internet.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from iot_shared.errors import DataError
 
@@ -32,10 +34,10 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1: nn.Module = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2: nn.Module = nn.BatchNorm2d(planes)
         # Projection shortcut (1x1 conv + BN) only where the shape changes, as published.
         self.downsample: nn.Module | None = None
         if stride != 1 or in_planes != planes:
@@ -55,7 +57,7 @@ class CifarResNet(nn.Module):
     def __init__(self, blocks_per_stage: tuple[int, int, int] = (3, 3, 3), classes: int = 10):
         super().__init__()
         self.conv1 = _conv3x3(3, 16)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.bn1: nn.Module = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = self._stage(16, 16, blocks_per_stage[0], stride=1)
         self.layer2 = self._stage(16, 32, blocks_per_stage[1], stride=2)
@@ -74,6 +76,27 @@ class CifarResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         logits: Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
         return logits
+
+
+def fold_batch_norms(model: CifarResNet) -> CifarResNet:
+    """A copy for serving: each BatchNorm (eval mode: a fixed per-channel scale and shift) folded
+    into the convolution before it. The same function, one pass over the data fewer per layer:
+    about a quarter of the forward pass's time went to BatchNorm."""
+    model = copy.deepcopy(model).eval()
+    model.conv1, model.bn1 = _folded(model.conv1, model.bn1)
+    for block in model.modules():
+        if isinstance(block, BasicBlock):
+            block.conv1, block.bn1 = _folded(block.conv1, block.bn1)
+            block.conv2, block.bn2 = _folded(block.conv2, block.bn2)
+            if isinstance(block.downsample, nn.Sequential):
+                block.downsample = _folded(block.downsample[0], block.downsample[1])[0]
+    return model
+
+
+def _folded(conv: nn.Module, bn: nn.Module) -> tuple[nn.Conv2d, nn.Module]:
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"expected Conv2d then BatchNorm2d, got {type(conv).__name__}, {type(bn).__name__}")
+    return fuse_conv_bn_eval(conv, bn), nn.Identity()
 
 
 def resnet20() -> CifarResNet:
