@@ -65,6 +65,8 @@ class BatchLoop(Generic[T]):
     max_fill_wait_seconds: float
     delivery_timeout_seconds: float
     latency_target_seconds: float = 0.0  # see batch_sizing; 0 = batches up to max_batch always
+    # Whether a filling batch has all it waits for (the sink: each image's prediction and back).
+    complete: Callable[[list[Message]], bool] = lambda _records: False
     retry_on: tuple[type[BaseException], ...] = ()
     backoff: Callable[[], Callable[[], float]] = backoff_delays
     sizer: BatchSizer = field(init=False)
@@ -118,19 +120,26 @@ class BatchLoop(Generic[T]):
 
     def poll_batch(self, idle_wait: float) -> list[Message]:
         """The next batch, sized by what is waiting: one record when the stream is quiet (low
-        latency), up to the sizer's limit under a backlog (throughput), with no fixed wait to fill it.
+        latency), up to the sizer's limit under a backlog (throughput).
 
         librdkafka fetches in the background, so what it has already fetched is taken at once;
         only when nothing is there does the loop block, for the first record, up to `idle_wait`.
-        After the first record, `max_fill_wait_seconds` (0 by default) lets a batch grow further.
+        Then the batch may wait for more, up to `max_fill_wait_seconds` (0 = not at all) and never
+        past the latency target, and no longer once `complete` says it has all it waits for.
         """
         limit = self.sizer.limit
-        records = self.member.consume(limit, 0)
-        if records:
+        records = self.member.consume(limit, 0) or self.member.consume(1, idle_wait)
+        if not records or not self.max_fill_wait_seconds:
             return records
-        records = self.member.consume(1, idle_wait)
-        if records and limit > 1:
-            records += self.member.consume(limit - 1, self.max_fill_wait_seconds)
+        deadline = time.monotonic() + min(self.max_fill_wait_seconds, self.sizer.time_left(records))
+        while len(records) < limit and not self.complete(records):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # One record ends the wait, so `complete` is asked again as soon as anything comes.
+            if not (more := self.member.consume(1, remaining)):
+                break
+            records += more + self.member.consume(limit - len(records) - 1, 0)
         return records
 
     def _start_decoding(self, records: Sequence[Message]) -> Batch[T]:

@@ -43,14 +43,22 @@ class BatchSizer:
         """Choose the next cap from how old the oldest of these records is."""
         if not self.target_seconds or self.seconds_per_record is None:
             return
-        stamps = [ts for kind, ts in (r.timestamp() for r in records) if kind != TIMESTAMP_NOT_AVAILABLE]
-        if not stamps:
+        oldest = _oldest_stamp(records)
+        if oldest is None:
             return
-        budget = self.target_seconds - (self.clock() - min(stamps) / 1000)
+        budget = self.target_seconds - (self.clock() - oldest)
         if budget < self.seconds_per_record:  # behind: throughput first
             self._set(self.max_batch)
         else:
             self._set(int(budget / self.seconds_per_record))
+
+    def time_left(self, records: Sequence[Message]) -> float:
+        """Seconds the oldest of `records` may still wait before its batch must be handled to meet
+        the target (unbounded without a target, 0 once past it)."""
+        oldest = _oldest_stamp(records)
+        if not self.target_seconds or oldest is None:
+            return float("inf")
+        return max(0.0, self.target_seconds - (self.clock() - oldest) - (self.seconds_per_record or 0.0))
 
     def handled(self, records: int, seconds: float) -> None:
         """Learn the cost of one record from a finished batch (handled, output acknowledged)."""
@@ -63,3 +71,9 @@ class BatchSizer:
     def _set(self, limit: int) -> None:
         self.limit = max(1, min(self.max_batch, limit))
         BATCH_LIMIT.labels(self.service).set(self.limit)
+
+
+def _oldest_stamp(records: Sequence[Message]) -> float | None:
+    """The earliest Kafka timestamp among `records`, in epoch seconds; None if none has one."""
+    stamps = [ts for kind, ts in (r.timestamp() for r in records) if kind != TIMESTAMP_NOT_AVAILABLE]
+    return min(stamps) / 1000 if stamps else None

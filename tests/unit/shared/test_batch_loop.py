@@ -239,3 +239,23 @@ def test_a_batch_is_capped_by_the_latency_target_while_records_are_young() -> No
         pass
     assert [len(b) for b in handler.batches] == [5, 5]
     assert consumer.committed == {("t", 0): 10}
+
+
+def test_a_filling_batch_stops_waiting_once_it_is_complete() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3", b"4", b"5"]})
+    waits: list[float] = []
+    real_consume = consumer.consume
+
+    def consume(num_messages: int, timeout: float) -> list[Message]:
+        waits.append(timeout)
+        return real_consume(1, timeout)  # records arrive one at a time
+
+    consumer.consume = consume  # type: ignore[method-assign]
+    handler = Handler()
+    loop, _ = make_loop(consumer, handler)
+    loop.max_fill_wait_seconds = 60.0  # never reached: `complete` ends the wait
+    loop.complete = lambda records: b"2" in [r.value() for r in records]
+    assert loop.step() is True
+    # 1 came, the wait brought 2 and took 3, which had arrived too; then the batch was complete.
+    assert handler.batches == [[1, 2, 3]]
+    assert all(w < 60.0 for w in waits)

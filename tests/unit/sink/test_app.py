@@ -4,11 +4,12 @@ import uuid
 
 import numpy as np
 import requests
+from confluent_kafka import Message
 from prometheus_client import REGISTRY
 
 from iot_shared.consumer import GroupMember
 from iot_shared.schema import ImageMessage, PredictionMessage
-from iot_sink.app import storage_loop
+from iot_sink.app import pairs_complete, storage_loop
 from iot_sink.documents import Update
 from iot_sink.settings import SinkSettings
 from iot_sink.store import WriteError
@@ -72,3 +73,18 @@ def test_couchdb_trouble_holds_the_batch_back_and_counts_retries_until_it_is_sto
     assert retries() == before + 3
     assert len(store.stored) == 4
     assert consumer.committed == {("images", 0): 4}
+
+
+def test_a_batch_is_complete_when_each_image_has_its_prediction_and_back() -> None:
+    complete = pairs_complete("images", "preds")
+
+    def record(topic: str, key: str) -> Message:
+        return Message(topic=topic, partition=0, offset=0, key=key.encode())
+
+    assert not complete([record("images", "a")])
+    assert not complete([record("preds", "a")])
+    assert complete([record("images", "a"), record("preds", "a")])
+    assert not complete([record("images", "a"), record("preds", "a"), record("images", "b")])
+    assert complete(
+        [record("preds", "b"), record("images", "a"), record("preds", "a"), record("images", "b")]
+    )

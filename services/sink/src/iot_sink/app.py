@@ -50,6 +50,18 @@ def message_decoder(images_topic: str) -> Callable[[Message], ImageMessage | Pre
     return decode
 
 
+def pairs_complete(images_topic: str, predictions_topic: str) -> Callable[[list[Message]], bool]:
+    """`complete` for the batch loop: every image in the batch has its prediction and back (by
+    record key, the image ID), so each document is written once, whole, not twice."""
+
+    def complete(records: list[Message]) -> bool:
+        images = {r.key() for r in records if r.topic() == images_topic}
+        predictions = {r.key() for r in records if r.topic() == predictions_topic}
+        return images == predictions
+
+    return complete
+
+
 def document_writer(store: DocumentStore) -> Callable[[list[ImageMessage | PredictionMessage]], None]:
     """`handle` for the batch loop: one merged write per batch; CouchDB trouble means retry later."""
 
@@ -94,6 +106,7 @@ def storage_loop(
         max_batch=settings.max_batch,
         max_fill_wait_seconds=settings.max_wait_ms / 1000,
         latency_target_seconds=settings.latency_target_ms / 1000,
+        complete=pairs_complete(settings.images_topic, settings.predictions_topic),
         delivery_timeout_seconds=settings.delivery_timeout_seconds,
     )
 

@@ -13,3 +13,10 @@ class SinkSettings(CouchSettings, ConsumerSettings):
     )
     group_id: str = Field("sink", min_length=1, description="Kafka consumer group")
     max_batch: int = Field(500, ge=1, le=10000, description="Most messages in one CouchDB bulk write")
+    max_wait_ms: int = Field(
+        50,
+        ge=0,
+        description="After a batch's first record, how long at most to wait for more, never past "
+        "IOT_LATENCY_TARGET_MS: the wait ends as soon as every image in the batch has its prediction and "
+        "back, so a document is written once, whole (0 = take what has arrived)",
+    )
