@@ -111,6 +111,7 @@ class BatchLoop(Generic[T]):
         if batch is None:
             records = self.poll_batch(wait)
             if not records:
+                self.member.commit_due()  # what the last batches finished, once the stream is quiet
                 return None
             batch = self._start_decoding(records)
         # Only what has arrived already: decoding ahead must never delay this batch.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -48,11 +49,17 @@ class GroupMember:
         consumer: Consumer | None,
         service: str,
         connect: Callable[[GroupMember], Consumer] | None = None,
+        commit_interval: float = 0.0,
     ) -> None:
         """`connect` makes a new subscribed consumer for this member (at once when `consumer`
-        is None, and to rejoin after a fatal error)."""
+        is None, and to rejoin after a fatal error). Processed offsets are committed at most
+        every `commit_interval` seconds (0 = after every batch), and always before a partition
+        is given up or the member leaves."""
         self.service = service
+        self.commit_interval = commit_interval
         self.assigned: set[Partition] = set()
+        self._uncommitted: dict[Partition, int] = {}  # next offset to read, processed up to it
+        self._committed_at = -math.inf
         self.paused = False
         self.fatal: KafkaError | None = None
         self._connect = connect
@@ -76,6 +83,8 @@ class GroupMember:
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         REBALANCES.labels(self.service, "revoke").inc()
+        # Still ours until we return: what we finished is committed, not redone by the next owner.
+        self.commit_now({(tp.topic, tp.partition) for tp in partitions})
         self._forget(partitions)
         log.info("revoked %s", describe(partitions))
 
@@ -98,6 +107,7 @@ class GroupMember:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.assigned.discard((tp.topic, tp.partition))
+            self._uncommitted.pop((tp.topic, tp.partition), None)
             # This member no longer reports lag for it; its new owner does.
             with contextlib.suppress(KeyError):  # no series yet
                 CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))
@@ -144,27 +154,49 @@ class GroupMember:
         with contextlib.suppress(KafkaException, RuntimeError):
             self.consumer.close()
         self._forget([TopicPartition(t, p) for t, p in self.assigned])
+        self._uncommitted.clear()  # that consumer is gone: its processed records come again
         self.paused = False
         CONSUMER_PAUSED.labels(self.service).set(0)
         self.fatal = None
         self.consumer = self._connect(self)
 
     def commit(self, records: Sequence[Message]) -> bool:
-        """Commit a processed batch; False when any partition's commit failed.
+        """Mark a batch processed and commit what is marked once `commit_interval` has passed
+        since the last commit; False when any partition's commit failed.
 
-        A failed commit is safe: those records are consumed again (here or by the partition's
-        new owner), and every step of this pipeline is idempotent.
+        Fewer commits cost the broker less (each is a request and a write). What is processed
+        but not yet committed when the process dies is consumed again, like a failed commit:
+        every step of this pipeline is idempotent.
         """
-        if not records:
+        for tp in next_offsets(records):
+            self._uncommitted[tp.topic, tp.partition] = tp.offset
+        return self.commit_due()
+
+    def commit_due(self) -> bool:
+        """Commit what is marked if `commit_interval` has passed (the loop also asks when idle)."""
+        if time.monotonic() - self._committed_at < self.commit_interval:
             return True
+        return self.commit_now()
+
+    def commit_now(self, partitions: set[Partition] | None = None) -> bool:
+        """Commit what is marked (of `partitions` only, if given) at once."""
+        wanted = {tp: off for tp, off in self._uncommitted.items() if partitions is None or tp in partitions}
+        if not wanted:
+            return True
+        self._committed_at = time.monotonic()
+        offsets = [TopicPartition(topic, partition, off) for (topic, partition), off in wanted.items()]
         try:
-            results = self.consumer.commit(offsets=next_offsets(records), asynchronous=False)
+            results = self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            log.warning("commit failed, the batch will be redelivered: %s", exc)
+            log.warning("commit failed, will be tried again: %s", exc)
             return False
         failed = [tp for tp in results or [] if tp.error is not None]
         for tp in failed:
-            log.warning("commit of %s[%d] failed, redelivered later: %s", tp.topic, tp.partition, tp.error)
+            log.warning("commit of %s[%d] failed, tried again later: %s", tp.topic, tp.partition, tp.error)
+        for tp in results or []:
+            key = (tp.topic, tp.partition)
+            if tp.error is None and self._uncommitted.get(key) == tp.offset:
+                del self._uncommitted[key]
         return not failed
 
     def hold_back(self, records: Sequence[Message]) -> None:
@@ -189,6 +221,9 @@ class GroupMember:
         CONSUMER_PAUSED.labels(self.service).set(0)
 
     def close(self) -> None:
+        """Commit what was processed, then leave the group."""
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.commit_now()
         self.consumer.close()
 
     def _seek(self, tp: TopicPartition) -> None:
@@ -232,7 +267,7 @@ def join_group(settings: ConsumerSettings, service: str, topics: Sequence[str]) 
         log.info("joining group %s as %s", settings.group_id, instance_id or "a dynamic member")
         return consumer
 
-    return GroupMember(None, service, connect)
+    return GroupMember(None, service, connect, settings.commit_interval_ms / 1000)
 
 
 def _is_fatal(err: KafkaError) -> bool:

@@ -81,6 +81,12 @@ class ConsumerSettings(ServiceSettings):
         description="After a batch's first record, how long to wait for more (0 = take what has arrived: "
         "batches grow with the backlog on their own)",
     )
+    commit_interval_ms: int = Field(
+        1000,
+        ge=0,
+        description="Most time between two commits of processed offsets (0 = after every batch); a "
+        "crashed service consumes at most this much again, which the pipeline merges away",
+    )
     latency_target_ms: int = Field(
         50,
         ge=0,

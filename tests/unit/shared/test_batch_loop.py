@@ -15,6 +15,7 @@ from iot_shared.dead_letters import MAX_RECORD_BYTES, DeadLetters
 from iot_shared.errors import InvalidMessageError
 from iot_shared.metrics import record_consumer_stats
 from tests.unit.shared.fakes import FakeConsumer, RecordingPublisher
+from tests.waiting import wait_for
 
 
 def decode(record: Message) -> int:
@@ -259,3 +260,42 @@ def test_a_filling_batch_stops_waiting_once_it_is_complete() -> None:
     # 1 came, the wait brought 2 and took 3, which had arrived too; then the batch was complete.
     assert handler.batches == [[1, 2, 3]]
     assert all(w < 60.0 for w in waits)
+
+
+def test_offsets_are_committed_at_most_every_interval_and_always_before_a_partition_is_given_up() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3"], ("t", 1): [b"4"]})
+    handler = Handler()
+    loop, _ = make_loop(consumer, handler, max_batch=1)
+    loop.member.commit_interval = 3600.0
+    assert loop.step() is True
+    assert consumer.committed == {("t", 0): 1}  # the first batch at once
+    assert loop.step() is True
+    assert consumer.committed == {("t", 0): 1}  # within the interval: marked only
+    loop.member.on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    assert consumer.committed == {("t", 0): 2}  # finished work is not left to the next owner
+    while loop.step():
+        pass
+    loop.member.close()
+    assert consumer.committed == {("t", 0): 3, ("t", 1): 1}
+
+
+def test_a_quiet_stream_commits_what_the_last_batches_finished() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2"]})
+    loop, _ = make_loop(consumer, Handler(), max_batch=1)
+    loop.member.commit_interval = 0.05
+    while loop.step():
+        pass
+    wait_for(
+        "the idle loop to commit", lambda: loop.step() is None and consumer.committed == {("t", 0): 2}, 10
+    )
+
+
+def test_what_a_lost_member_finished_is_never_committed() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1", b"2"]})
+    loop, _ = make_loop(consumer, Handler(), max_batch=1)
+    loop.member.commit_interval = 3600.0
+    loop.step()
+    loop.step()
+    loop.member.on_lost(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    loop.member.close()
+    assert consumer.committed == {("t", 0): 1}
