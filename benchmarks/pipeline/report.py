@@ -128,6 +128,7 @@ def usage_rows(result: BenchResult) -> list[Row]:
                 f"{d.cpu_seconds:.1f}" if d else "",
                 percent(2, name),
                 f"{d.peak_rss_mib:,.0f}" if d else "",
+                f"{d.cuda_libraries_mib:,.0f}" if d and d.cuda_libraries_mib else "",
                 percent(3, name),
             ]
         )
@@ -141,7 +142,7 @@ def usage_rows(result: BenchResult) -> list[Row]:
 
 def _machine_row(label: str, per_phase: list[float | None]) -> Row:
     b, c, d, base = (f"{value:.0f}" if value is not None else "" for value in per_phase)
-    return [label, b, c, "", d, "", base]
+    return [label, b, c, "", d, "", "", base]
 
 
 USAGE_HEADER = [
@@ -151,6 +152,7 @@ USAGE_HEADER = [
     "(d) CPU s",
     "(d) CPU %",
     "(d) peak RSS MiB",
+    "of it CUDA libraries MiB",
     "baseline CPU %",
 ]
 

@@ -63,6 +63,7 @@ class ProcessUsage:
     cpu_seconds: float
     cpu_percent: float  # of one core, over the whole window
     peak_rss_mib: float
+    cuda_libraries_mib: float = 0.0  # resident pages of CUDA libraries at the end of the window
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ import psutil
 from benchmarks.pipeline.results import ProcessUsage, Usage
 
 MIB = 1024 * 1024
+# libtorch_cuda, libc10_cuda and the nvidia-* wheels' libraries (cuBLAS, cuDNN, NCCL, nvrtc, ...).
+CUDA_LIBRARY = re.compile(r"/nvidia/|/cuda[_-]|lib(torch|c10)_cuda|libcu|libnv|libnccl")
 
 
 @dataclass
@@ -102,7 +105,24 @@ def _sample(watched: _Watched) -> None:
 
 def _usage(watched: _Watched, window: float) -> ProcessUsage:
     cpu = watched.cpu_last - (watched.cpu_first or 0.0)
-    return ProcessUsage(watched.name, watched.process.pid, cpu, cpu / window * 100, watched.peak_rss / MIB)
+    return ProcessUsage(
+        watched.name,
+        watched.process.pid,
+        cpu,
+        cpu / window * 100,
+        watched.peak_rss / MIB,
+        _cuda_libraries(watched.process) / MIB,
+    )
+
+
+def _cuda_libraries(process: psutil.Process) -> int:
+    """Bytes of CUDA library pages resident in `process`: what PyPI's torch (a CUDA build) loads
+    even without a GPU, and the CPU-only build in the Docker images does not."""
+    try:
+        maps = process.memory_maps(grouped=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
+    return sum(m.rss for m in maps if CUDA_LIBRARY.search(m.path))
 
 
 def _machine_busy_seconds() -> float:
