@@ -8,9 +8,10 @@ Two regimes, chosen by the age of what was just consumed (its Kafka timestamp):
 - **Behind** (records are older than the target): latency is lost to the backlog already, so
   batches grow to `max_batch`, where each record costs least: the backlog clears fastest.
 
-Records are never waited for (see `BatchLoop.poll_batch`): the cap only bounds what is taken.
-The age compares this host's clock with the producer's: a skewed clock shifts the switch
-between regimes, it never loses or delays a record.
+The cap only bounds what is taken; whether a batch waits for more is `IOT_MAX_WAIT_MS` (see
+`BatchLoop.poll_batch`), and `time_left` keeps that wait within the target. The age compares
+this host's clock with the producer's: a skewed clock shifts the switch between regimes and the
+length of that wait; it never loses a record.
 """
 
 from __future__ import annotations
@@ -41,12 +42,9 @@ class BatchSizer:
 
     def consumed(self, records: Sequence[Message]) -> None:
         """Choose the next cap from how old the oldest of these records is."""
-        if not self.target_seconds or self.seconds_per_record is None:
+        budget = self._budget(records)
+        if budget is None or self.seconds_per_record is None:
             return
-        oldest = _oldest_stamp(records)
-        if oldest is None:
-            return
-        budget = self.target_seconds - (self.clock() - oldest)
         if budget < self.seconds_per_record:  # behind: throughput first
             self._set(self.max_batch)
         else:
@@ -55,10 +53,10 @@ class BatchSizer:
     def time_left(self, records: Sequence[Message]) -> float:
         """Seconds the oldest of `records` may still wait before its batch must be handled to meet
         the target (unbounded without a target, 0 once past it)."""
-        oldest = _oldest_stamp(records)
-        if not self.target_seconds or oldest is None:
+        budget = self._budget(records)
+        if budget is None:
             return float("inf")
-        return max(0.0, self.target_seconds - (self.clock() - oldest) - (self.seconds_per_record or 0.0))
+        return max(0.0, budget - (self.seconds_per_record or 0.0))
 
     def handled(self, records: int, seconds: float) -> None:
         """Learn the cost of one record from a finished batch (handled, output acknowledged)."""
@@ -67,6 +65,13 @@ class BatchSizer:
         cost = seconds / records
         previous = self.seconds_per_record
         self.seconds_per_record = cost if previous is None else previous + COST_SMOOTHING * (cost - previous)
+
+    def _budget(self, records: Sequence[Message]) -> float | None:
+        """The target less the age of the oldest of `records`; None without a target or a timestamp."""
+        oldest = _oldest_stamp(records)
+        if not self.target_seconds or oldest is None:
+            return None
+        return self.target_seconds - (self.clock() - oldest)
 
     def _set(self, limit: int) -> None:
         self.limit = max(1, min(self.max_batch, limit))

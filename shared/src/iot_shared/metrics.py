@@ -75,7 +75,8 @@ class Probe:
     saying what it is doing, until `follow` hands it the running service's own check."""
 
     def __init__(self, doing: str) -> None:
-        self._check: Readiness = lambda: (False, doing)
+        self._check: Readiness
+        self.doing(doing)
 
     def doing(self, what: str) -> None:
         self._check = lambda: (False, what)
