@@ -23,7 +23,7 @@ COMPOSE_LOCAL_DATA = $(if $(WEIGHTS_DIR),-f $(COMPOSE_DIR)/compose.weights-dir.y
 # make up refuses these when unset, empty or still .env.example's placeholder.
 COMPOSE_SECRETS := COUCHDB_PASSWORD GRAFANA_ADMIN_PASSWORD
 
-.PHONY: help install tools deploy-tools run stop test test-deploy test-unit audit chaos bench lint fmt clean up down logs ps compose-env compose-secrets compose-local-data
+.PHONY: help install tools deploy-tools run stop test test-deploy ci-fresh test-unit audit chaos bench lint fmt clean up down logs ps compose-env compose-secrets compose-local-data
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ test: install lint ## Lint, start the real services, run the whole suite, stop t
 
 test-deploy: install deploy-tools ## Run the deployments for real: site.yml on four systemd hosts, `make up` (root, ~40 min)
 	$(PY) -m pytest tests/e2e
+
+ci-fresh: ## CI as on a new machine: .ci/run in a fresh clone with an empty HOME and caches (root, ~1 h)
+	KEEP=$(KEEP) bash .ci/fresh
 
 test-unit: $(PY) ## Unit tests only (no services)
 	$(PY) -m pytest tests/unit

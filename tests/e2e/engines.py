@@ -5,9 +5,9 @@ socket, state and network, so it neither needs nor disturbs a system Docker (non
 PID 1 need not be systemd): `dockerd` supervises its own containerd under the exec root.
 
 - Socket `/run/iot-e2e/docker.sock`; runtime state under `/run/iot-e2e/`.
-- Data root `/var/lib/iot-e2e/docker`, KEPT between runs on purpose: it holds the images built
-  there and the classic builder's cache, so the next run rebuilds only what changed. Delete the
-  folder (with no daemon running) to start from nothing.
+- Data root `/var/lib/iot-e2e/docker` (or `$IOT_E2E_DOCKER_ROOT`), KEPT between runs on purpose:
+  it holds the images built there and the classic builder's cache, so the next run rebuilds only
+  what changed. Delete the folder (with no daemon running) to start from nothing.
 - The default bridge `docker0` on `10.231.46.1/24` and networks that Compose creates from
   `10.231.64.0/18` (/24 each): private ranges unlikely to clash with a host's or podman's. The MTU
   is the host's (a VM's 1400 would otherwise stall downloads inside builds).
@@ -44,7 +44,8 @@ from tests.e2e.commands import run
 from tests.waiting import wait_for
 
 RUN_DIR: Final = Path("/run/iot-e2e")
-DATA_ROOT: Final = Path("/var/lib/iot-e2e/docker")
+# IOT_E2E_DOCKER_ROOT moves it (`make ci-fresh` points it into its temporary folder).
+DATA_ROOT: Final = Path(os.environ.get("IOT_E2E_DOCKER_ROOT", "/var/lib/iot-e2e/docker"))
 SOCKET: Final = RUN_DIR / "docker.sock"
 BRIDGE: Final = "docker0"
 BRIDGE_IP: Final = "10.231.46.1/24"

@@ -53,6 +53,19 @@ http:
 """
 
 
+# Where the filesystem driver keeps the repositories; it exists once the first image is pushed.
+REPOSITORIES = Path("docker/registry/v2/repositories")
+
+
+def collect_garbage(config: Path, storage: Path) -> None:
+    """Delete the blobs no tag refers to any more. A storage nothing was ever pushed to (a first
+    run on a new machine) has nothing to collect, and the collector fails on it ("Path not
+    found"), so it is not run then."""
+    if not (storage / REPOSITORIES).is_dir():
+        return
+    run(["docker-registry", "garbage-collect", "--delete-untagged", str(config)], timeout=600)
+
+
 @contextmanager
 def registry(root: Path, address: str, port: int = 5000) -> Iterator[str]:
     """Debian's docker-registry (the CNCF Distribution registry), plain HTTP; yields host:port.
@@ -63,8 +76,9 @@ def registry(root: Path, address: str, port: int = 5000) -> Iterator[str]:
     """
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.yml"
-    config.write_text(REGISTRY_CONFIG.format(root=root / "data", address=address, port=port))
-    run(["docker-registry", "garbage-collect", "--delete-untagged", str(config)], timeout=600)
+    storage = root / "data"
+    config.write_text(REGISTRY_CONFIG.format(root=storage, address=address, port=port))
+    collect_garbage(config, storage)
     log = (root / "registry.log").open("w")
     process = subprocess.Popen(
         ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
