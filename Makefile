@@ -36,7 +36,7 @@ $(PY): $(UV) pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.t
 	$(UV) sync --frozen --all-packages
 	@touch $(PY)
 
-install: $(PY) tools ## Install the virtualenv, Kafka jars, PouchDB Server and the test tools
+install: $(PY) tools ## Install the virtualenv, Kafka jars, CouchDB (built from source) and the test tools
 	$(STACK) install
 
 # Debian packages the tests use, as command:package: a real Prometheus, docker-compose to
@@ -62,7 +62,7 @@ if [ -n "$$missing" ]; then \
 fi
 endef
 
-run: install ## Start Kafka + CouchDB-API locally, run the pipeline on 6 images, leave it running
+run: install ## Start Kafka + CouchDB locally, run the pipeline on 6 images, leave it running
 	$(STACK) start
 	$(PY) deploy/local/run.py
 
@@ -89,7 +89,7 @@ audit: $(PY) ## Delivery audit: is every image sent stored as one complete docum
 	  $(VENV)/bin/iot-audit $(AUDIT_ARGS)
 
 CHAOS_IMAGES ?= 10000
-# Its own ZooKeeper, Kafka and PouchDB Server on free ports: the shared stack is never touched.
+# Its own ZooKeeper, Kafka and CouchDB on free ports: the shared stack is never touched.
 chaos: $(PY) ## Fault injection on a private stack (kills, broker and CouchDB outages, bad messages), then the audit
 	IOT_CHAOS_IMAGES=$(CHAOS_IMAGES) $(PY) -m tests.chaos $(CHAOS_ARGS)
 

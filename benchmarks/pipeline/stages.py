@@ -176,7 +176,7 @@ def baseline(bench: Bench) -> BaselineResults:
 def watch_stack(bench: Bench, sampler: UsageSampler) -> UsageSampler:
     sampler.watch("kafka broker (java)", bench.stack.pid("kafka"), children=True)
     sampler.watch("zookeeper (java)", bench.stack.pid("zookeeper"), children=True)
-    sampler.watch("pouchdb server (node)", bench.stack.pid("couchdb"), children=True)
+    sampler.watch("couchdb (erlang)", bench.stack.pid("couchdb"), children=True)
     sampler.watch("bench driver (this process)", os.getpid())  # its children are the services
     return sampler
 

@@ -1,6 +1,6 @@
 """`make run`: the pipeline on this machine, no Docker.
 
-Expects the local Kafka and CouchDB-API servers of `stack.sh` to be up. Creates the topics,
+Expects the local Kafka and CouchDBs of `stack.sh` to be up. Creates the topics,
 starts inference and sink in the background (they keep running until `make stop`), runs
 the producer in the foreground, waits until every image it sent is stored with its
 prediction, and prints them.

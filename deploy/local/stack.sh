@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The no-Docker local stack for `make run` and `make test`: ZooKeeper, one Kafka broker (ZooKeeper
-# mode, as on VM2) and PouchDB Server (a CouchDB-API server), each a background process with a pid
-# file and a log in the run dir.
+# mode, as on VM2) and Apache CouchDB (built from source by couchdb.sh), each a background process
+# with a pid file and a log in the run dir.
 #
-#   stack.sh install | start | stop | status | clean      (README.md has the settings)
+#   stack.sh install | start [NAME...] | stop [NAME...] | status | clean   (README.md has the settings)
+# NAME: zookeeper, kafka or couchdb (default: all three).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,6 +19,7 @@ COUCH_PASSWORD="${IOT_LOCAL_COUCHDB_PASSWORD:-local-dev-only}"
 START_TIMEOUT="${IOT_LOCAL_START_TIMEOUT:-120}"
 STOP_TIMEOUT=30
 LIBS="$HERE/.kafka/libs"
+COUCHDB_RELEASE="$HERE/.couchdb"
 SERVICES=(zookeeper kafka couchdb) # start order; stop goes in reverse
 
 log() { printf 'stack: %s\n' "$*" >&2; }
@@ -38,11 +40,7 @@ install() {
     mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies
     sha256sum <"$HERE/pom.xml" >"$LIBS/.pom.sha256"
   fi
-  if ! stamp_current "$HERE/package-lock.json" "$HERE/node_modules/.lock.sha256"; then
-    log "installing PouchDB Server from npm into $HERE/node_modules"
-    (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
-    sha256sum <"$HERE/package-lock.json" >"$HERE/node_modules/.lock.sha256"
-  fi
+  "$HERE/couchdb.sh" install
 }
 
 # ---- processes -------------------------------------------------------------------------------
@@ -89,8 +87,8 @@ broker_registered() { [[ "$(zk_4lw dump)" == *"/brokers/ids/0"* ]]; }
 kafka_ok() { # the port opens before the broker serves; the log line comes after it does
   port_open "$KAFKA_PORT" && grep -q 'started (kafka.server.KafkaServer)' "$RUN_DIR/kafka.log" 2>/dev/null
 }
-couchdb_ok() { # authenticated: PouchDB Server with an admin crashes on some anonymous requests
-  curl -fs -m 5 -o /dev/null "http://127.0.0.1:$COUCHDB_PORT/" &&
+couchdb_ok() { # /_up answers once it serves; the admin's request proves the run dir's ini took
+  curl -fs -m 5 -o /dev/null "http://127.0.0.1:$COUCHDB_PORT/_up" &&
     curl -fs -m 5 -o /dev/null -u "$COUCH_USER:$COUCH_PASSWORD" "http://127.0.0.1:$COUCHDB_PORT/_all_dbs"
 }
 
@@ -189,26 +187,43 @@ json_escape() { # a shell string as the inside of a JSON string
 }
 
 launch_couchdb() {
-  mkdir -p "$RUN_DIR/couchdb"
-  # PouchDB Server takes its admins from this file (CouchDB's [admins] section) and replaces the
-  # password with its hash on start, so it is written fresh each time. The request log goes to its
-  # own file and not also to stdout (couchdb.log); the CLI flag for that is misparsed, the key works.
-  printf '{"admins": {"%s": "%s"}, "log": {"file": "%s"}, "pouchdb_server": {"no-stdout-logs": true}}\n' \
-    "$(json_escape "$COUCH_USER")" "$(json_escape "$COUCH_PASSWORD")" "$(json_escape "$RUN_DIR/couchdb-requests.log")" \
-    >"$RUN_DIR/couchdb.json"
-  launch couchdb "$HERE/node_modules/.bin/pouchdb-server" --host 127.0.0.1 --port "$COUCHDB_PORT" \
-    --dir "$RUN_DIR/couchdb" --config "$RUN_DIR/couchdb.json"
+  local data="$RUN_DIR/couchdb"
+  mkdir -p "$data"
+  # CouchDB hashes the admin's password into the last ini file it was given, so that file is
+  # the run dir's own, written fresh each start.
+  cat >"$RUN_DIR/couchdb.ini" <<INI
+[couchdb]
+database_dir = $data
+view_index_dir = $data
+single_node = true
+[cluster]
+n = 1
+[chttpd]
+bind_address = 127.0.0.1
+port = $COUCHDB_PORT
+[admins]
+$COUCH_USER = $COUCH_PASSWORD
+INI
+  # Erlang distribution without epmd (no daemon outlives the stack, and private stacks beside
+  # this one cannot clash on a node name): one node needs no peers, so it listens on any port.
+  sed -e "s/^-name .*/-name couchdb-$COUCHDB_PORT@127.0.0.1/" "$COUCHDB_RELEASE/etc/vm.args" >"$RUN_DIR/vm.args"
+  printf '%s\n' "-setcookie $(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" "-start_epmd false" "-erl_epmd_port 0" \
+    >>"$RUN_DIR/vm.args"
+  COUCHDB_ARGS_FILE="$RUN_DIR/vm.args" COUCHDB_INI_FILES="$COUCHDB_RELEASE/etc/default.ini $RUN_DIR/couchdb.ini" \
+    launch couchdb "$COUCHDB_RELEASE/bin/couchdb"
 }
 
 # ---- commands --------------------------------------------------------------------------------
 
 healthy() { running "$1" && "${1}_ok"; }
 
+# start [NAME...]: the named servers (all by default, in start order) that are not running.
 start() {
   install
   mkdir -p "$RUN_DIR"
-  local name port started=0
-  for name in "${SERVICES[@]}"; do
+  local name port started=0 names=("$@")
+  ((${#names[@]})) || names=("${SERVICES[@]}")
+  for name in "${names[@]}"; do
     if ! running "$name"; then
       port="$(port_of "$name")"
       port_free "$port" || die "port $port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
@@ -219,9 +234,11 @@ start() {
     wait_for "$name" || die "$name did not start; \`$0 stop\` stops what did"
   done
   ((started)) || log "already running and healthy"
-  echo "Kafka bootstrap server: 127.0.0.1:$KAFKA_PORT"
-  echo "CouchDB: http://127.0.0.1:$COUCHDB_PORT (user $COUCH_USER)"
-  echo "Logs: $RUN_DIR/{zookeeper,kafka,couchdb}.log"
+  if (($# == 0)); then
+    echo "Kafka bootstrap server: 127.0.0.1:$KAFKA_PORT"
+    echo "CouchDB: http://127.0.0.1:$COUCHDB_PORT (user $COUCH_USER)"
+    echo "Logs: $RUN_DIR/{zookeeper,kafka,couchdb}.log"
+  fi
 }
 
 stop_one() {
@@ -240,9 +257,14 @@ stop_one() {
   rm -f "$RUN_DIR/$name.pid"
 }
 
+# stop [NAME...]: the named servers (all by default, in reverse start order).
 stop() {
   # Reverse order: the broker shuts down cleanly only while ZooKeeper is still there.
   local i
+  if (($#)); then
+    for i in "$@"; do stop_one "$i"; done
+    return
+  fi
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${SERVICES[i]}"; done
 }
 
@@ -272,10 +294,23 @@ clean() {
   log "removed $RUN_DIR"
 }
 
-case "${1:-}" in
-  install | start | stop | status | clean) "$1" ;;
+known() { # known NAME...: each is one of SERVICES
+  local name
+  for name in "$@"; do
+    [[ " ${SERVICES[*]} " == *" $name "* ]] || die "unknown server $name (one of: ${SERVICES[*]})"
+  done
+}
+
+command="${1:-}"
+shift || true
+case "$command" in
+  start | stop)
+    known "$@"
+    "$command" "$@"
+    ;;
+  install | status | clean) "$command" ;;
   *)
-    echo "usage: $0 install|start|stop|status|clean" >&2
+    echo "usage: $0 install|start [NAME...]|stop [NAME...]|status|clean" >&2
     exit 2
     ;;
 esac

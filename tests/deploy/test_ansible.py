@@ -259,7 +259,7 @@ VARIED = {
     "monitoring_grafana_enabled": False,
     "iot_admin_extra_sources": ["192.0.2.0/24"],
     "docker_insecure_registries": [REGISTRY],
-    "couchdb_image": f"{REGISTRY}/standins/couchdb:3.4.2",
+    "couchdb_image": f"{REGISTRY}/standins/couchdb:3.5.0",
     "monitoring_prometheus_image": f"{REGISTRY}/standins/prometheus:v3.1.0",
 }
 
@@ -365,6 +365,7 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
         | service("sink")
         | {
             "/etc/iot/couchdb/secrets.env",
+            "/etc/iot/couchdb/couchdb.ini",
             "/etc/systemd/system/couchdb.service",
             "/etc/iot/prometheus/prometheus.yml",
             "/etc/iot/prometheus/rules/alerts.yml",
@@ -627,6 +628,10 @@ def test_couchdb_runs_as_a_container_with_a_data_volume_and_admin(
     unit = rendered.file(host, "/etc/systemd/system/couchdb.service").read_text()
     assert "--volume couchdb-data:/opt/couchdb/data" in unit
     assert "--env-file /etc/iot/couchdb/secrets.env" in unit
+    # One node, one copy of each shard: CouchDB's default n = 3 would leave every write at 202.
+    assert "--volume /etc/iot/couchdb/couchdb.ini:/opt/couchdb/etc/default.d/20-iot.ini:ro" in unit
+    ini = rendered.file(host, "/etc/iot/couchdb/couchdb.ini").read_text()
+    assert "single_node = true" in ini and "n = 1" in ini
     assert set(read_env_file(rendered.file(host, "/etc/iot/couchdb/secrets.env"))) == {
         "COUCHDB_USER",
         "COUCHDB_PASSWORD",
@@ -766,7 +771,7 @@ def test_images_can_come_from_a_plain_http_registry(varied: Render, inventory: I
     prometheus = exec_starts(varied.file(host, "/etc/systemd/system/prometheus.service").read_text())[0]
     assert f"{REGISTRY}/standins/prometheus:v3.1.0" in prometheus
     couchdb = exec_starts(varied.file(host, "/etc/systemd/system/couchdb.service").read_text())[0]
-    assert couchdb[-1] == f"{REGISTRY}/standins/couchdb:3.4.2"
+    assert couchdb[-1] == f"{REGISTRY}/standins/couchdb:3.5.0"
     for name in ("producer", "sink"):
         daemon = json.loads(varied.file(inventory.host(name), "/etc/docker/daemon.json").read_text())
         assert daemon["insecure-registries"] == [REGISTRY]

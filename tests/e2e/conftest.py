@@ -155,7 +155,7 @@ def pushed_images(dockerd: Dockerd, image_registry: str, project_images: list[st
         "iot_image_registry": f"{image_registry}/iot",
         "iot_image_tag": IMAGE_TAG,
         "docker_insecure_registries": [image_registry],
-        "couchdb_image": push(couchdb, f"{image_registry}/standins/couchdb:3.4.2"),
+        "couchdb_image": push(couchdb, f"{image_registry}/standins/couchdb:3.5.0"),
         "monitoring_prometheus_image": push(prometheus, f"{image_registry}/standins/prometheus:v3.1.0"),
     }
 

@@ -2,8 +2,9 @@
 
 No registry is reachable from this machine (no Docker Hub), so `couchdb`, `prom/prometheus` and
 `confluentinc/cp-zookeeper` / `cp-kafka` are replaced, for the tests only, by images made from
-Debian bookworm (mmdebstrap, variant minbase, plus the packages named below) and the project's
-own Maven and npm installs (`make install`: `deploy/local/.kafka/libs`, `deploy/local/node_modules`).
+Debian bookworm (mmdebstrap, variant minbase, plus the packages named below) and what the
+project's `make install` made (`deploy/local/.kafka/libs`, Kafka's jars from Maven Central, and
+`deploy/local/.couchdb`, CouchDB built from source).
 Each root filesystem is cached as a tarball (`tests.e2e.rootfs`, keyed by what goes in) and
 imported into an engine (`docker import` / `podman import` with `--change`) under a name the
 test gives Compose through `KAFKA_IMAGE`, `ZOOKEEPER_IMAGE`, `COUCHDB_IMAGE`, `PROMETHEUS_IMAGE`.
@@ -12,24 +13,17 @@ The scripts copied in are in `standin-files/` beside this module.
 They run the stack's files unchanged: the same environment variables, mounts, volumes, ports and
 health-check commands as the real images. Where they differ from those images:
 
-couchdb (for `couchdb:3.4.2`): PouchDB Server 4.2.0 on Debian's Node.js 18, not CouchDB 3.4.2.
-  - Speaks the CouchDB HTTP API as PouchDB Server implements it (documents, attachments,
-    `_all_docs`, `_bulk_docs`, `_all_dbs`, `_session`); no clustering, no per-database security
-    (any client may read a database), PouchDB Server's own Fauxton at `/_utils`, no Erlang, no
-    `_node/.../_config` of CouchDB's shape (PouchDB Server's `/_config` only).
-  - `GET /_up` answers `{"status": "ok", "seeds": {}}`: PouchDB Server has no such route (it
-    answers 404), so `server.js` adds it in front of PouchDB Server's routes.
-  - An anonymous `PUT`/`DELETE /<db>` gets CouchDB's 401 from `server.js`: PouchDB Server with an
-    admin configured crashes on it instead.
-  - Admin from `COUCHDB_USER` / `COUCHDB_PASSWORD` (it refuses to start without them, as
-    CouchDB 3 does); `COUCHDB_SECRET`, `NODENAME`, `ERL_FLAGS` are ignored. `*.ini` files in
-    `/opt/couchdb/etc/local.d` are accepted and ignored (logged at start); its own configuration
-    is `/opt/couchdb/etc/pouchdb-server.json`, written at every start.
-  - Databases are LevelDB folders in `/opt/couchdb/data` (a VOLUME, as in the official image),
-    not CouchDB's files: a volume is not interchangeable between the two.
+couchdb (for `couchdb:3.5.0`): Apache CouchDB 3.5.0 itself, the release `make install` builds
+  from source (`deploy/local/couchdb.sh`: Debian's Erlang/OTP 25, QuickJS), on Debian bookworm.
+  - The same layout as the official image: the release in `/opt/couchdb`, databases in
+    `/opt/couchdb/data` (a VOLUME), `etc/local.d/*.ini` read after `default.d/`, the image's
+    `default.d/10-docker-default.ini` binding every interface, port 5984.
+  - `/docker-entrypoint.sh` (standin-files/couchdb/) writes the admin from `COUCHDB_USER` /
+    `COUCHDB_PASSWORD` and `COUCHDB_SECRET` into `local.d/docker.ini` once, and `NODENAME` into
+    `vm.args`; it refuses to start with no admin, as CouchDB 3 does. `ERL_FLAGS` is ignored.
+  - No Fauxton (`/_utils`): the build leaves the web UI out (it needs a browser build).
   - Runs as `couchdb` (uid and gid 5984) from the start (no root entry point and gosu); PID 1 is
-    node, which exits on SIGTERM (no tini). Exposes 5984 only in practice (4369 and 9100 are declared
-    as in the official image but nothing listens).
+    CouchDB's Erlang VM (no tini), which starts its own epmd.
 
 prometheus (for `prom/prometheus:v3.1.0`): Debian's `prometheus` package, 2.42, not 3.1.
   - Same entry point `/bin/prometheus`, default arguments (`--config.file=/etc/prometheus/
@@ -84,7 +78,7 @@ from tests.paths import REPO
 
 FILES: Final = Path(__file__).with_name("standin-files")
 KAFKA_LIBS: Final = REPO / "deploy" / "local" / ".kafka" / "libs"
-NODE_MODULES: Final = REPO / "deploy" / "local" / "node_modules"
+COUCHDB_RELEASE: Final = REPO / "deploy" / "local" / ".couchdb"
 KEY_LABEL: Final = "org.iot-pipeline.standin.key"
 # Confluent's command names for Kafka's tools, in the kafka stand-in (standin-files/kafka/).
 KAFKA_COMMANDS: Final = (
@@ -120,21 +114,22 @@ class StandIn:
 
 COUCHDB: Final = StandIn(
     name="standin-couchdb",
-    replaces=("couchdb:3.4.2",),
-    tag="localhost/iot-standin-couchdb:pouchdb-server-4.2.0",
-    packages=("nodejs", "curl"),
+    replaces=("couchdb:3.5.0",),
+    tag="localhost/iot-standin-couchdb:3.5.0",
+    packages=("libicu72", "libssl3", "libstdc++6", "curl"),
     hooks=(
-        'mkdir -p "$1/opt/pouchdb-server/node_modules" "$1/opt/couchdb/bin" "$1/opt/couchdb/data"'
-        ' "$1/opt/couchdb/etc/local.d" "$1/opt/couchdb/var/log"',
-        f"sync-in {NODE_MODULES} /opt/pouchdb-server/node_modules",
-        f"copy-in {FILES / 'couchdb' / 'server.js'} /opt/couchdb/bin",
+        f"sync-in {COUCHDB_RELEASE} /opt/couchdb",
+        'rm -f "$1/opt/couchdb/.recipe.sha256"',
+        'mkdir -p "$1/opt/couchdb/data"',
+        f"copy-in {FILES / 'couchdb' / '10-docker-default.ini'} /opt/couchdb/etc/default.d",
+        f"copy-in {FILES / 'couchdb' / 'docker-entrypoint.sh'} /",
         'chroot "$1" groupadd --system --gid 5984 couchdb',
         'chroot "$1" useradd --system --uid 5984 --gid couchdb --home-dir /opt/couchdb --no-create-home'
         " --shell /bin/bash couchdb",
         'chroot "$1" chown -R couchdb:couchdb /opt/couchdb',
         NO_DOCS,
     ),
-    inputs=(NODE_MODULES, FILES / "couchdb"),
+    inputs=(COUCHDB_RELEASE, FILES / "couchdb"),
     changes=(
         *BASE_CHANGES,
         "USER couchdb",
@@ -143,7 +138,8 @@ COUCHDB: Final = StandIn(
         "EXPOSE 5984",
         "EXPOSE 4369",
         "EXPOSE 9100",
-        'ENTRYPOINT ["/usr/bin/node", "/opt/couchdb/bin/server.js"]',
+        'ENTRYPOINT ["/docker-entrypoint.sh"]',
+        'CMD ["/opt/couchdb/bin/couchdb"]',
     ),
 )
 

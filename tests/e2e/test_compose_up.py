@@ -266,7 +266,7 @@ def stack(
         "COMPOSE_PROFILES": "",  # no Grafana: it has no stand-in
         "ZOOKEEPER_IMAGE": images["confluentinc/cp-zookeeper:7.7.1"],
         "KAFKA_IMAGE": images["confluentinc/cp-kafka:7.7.1"],
-        "COUCHDB_IMAGE": images["couchdb:3.4.2"],
+        "COUCHDB_IMAGE": images["couchdb:3.5.0"],
         "PROMETHEUS_IMAGE": images["prom/prometheus:v3.1.0"],
         # PYTHON_IMAGE, TORCH_INDEX_URL, WEIGHTS_URL, CIFAR_URL, CIFAR_MD5, BUILD_CA_CERTS
         **image_build_args,

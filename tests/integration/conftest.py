@@ -1,4 +1,4 @@
-"""Integration fixtures: the real Kafka broker and CouchDB-API server from deploy/local.
+"""Integration fixtures: the real Kafka broker and CouchDB from deploy/local.
 
 `make test` starts them; run alone, the `stack` fixture starts them too (idempotent). To use
 servers that are already running elsewhere, set IOT_TEST_KAFKA_BOOTSTRAP and IOT_TEST_COUCHDB_URL.

@@ -1,4 +1,4 @@
-"""Drive the real services as subprocesses against the real broker and CouchDB-API server.
+"""Drive the real services as subprocesses against the real broker and CouchDB.
 
 Each test gets its own topics, consumer groups and database, so tests never see each other's
 messages and can run against a stack that `make run` also uses.

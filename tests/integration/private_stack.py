@@ -1,4 +1,4 @@
-"""A broker and CouchDB-API server of a test's own, which it may kill and restart at will.
+"""A broker and CouchDB of a test's own, which it may kill and restart at will.
 
 The shared stack of `make test` must never go down under other tests, so fault tests run
 `deploy/local/stack.sh` a second time, with their own run dir and free ports.

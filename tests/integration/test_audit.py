@@ -1,4 +1,4 @@
-"""`iot-audit` against the real broker and CouchDB-API server, after the real services ran."""
+"""`iot-audit` against the real broker and CouchDB, after the real services ran."""
 
 from __future__ import annotations
 

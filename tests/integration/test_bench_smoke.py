@@ -15,7 +15,7 @@ import pytest
 
 from tests.paths import REPO
 
-STACK_PROCESSES = {"kafka broker (java)", "zookeeper (java)", "pouchdb server (node)"}
+STACK_PROCESSES = {"kafka broker (java)", "zookeeper (java)", "couchdb (erlang)"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,5 +1,5 @@
 """The fault-injection run, small: `make chaos` does the same with 10,000 images and every fault
-several times. A private stack (its own ZooKeeper, Kafka and PouchDB Server on free ports), so the
+several times. A private stack (its own ZooKeeper, Kafka and CouchDB on free ports), so the
 shared one never goes down under the other tests."""
 
 from __future__ import annotations

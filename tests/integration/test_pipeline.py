@@ -1,4 +1,4 @@
-"""The whole pipeline on the real broker and CouchDB-API server: producer -> inference -> sink."""
+"""The whole pipeline on the real broker and CouchDB: producer -> inference -> sink."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -20,10 +20,8 @@ from iot_shared.settings import CouchSettings
 from iot_sink.documents import group_by_id
 from iot_sink.store import DocumentStore
 from tests.integration.harness import Pipeline, Stack, random_images, wait_for
-from tests.paths import REPO
+from tests.integration.private_stack import STACK_SCRIPT
 from tests.ports import free_port
-
-POUCHDB_SERVER = REPO / "deploy" / "local" / "node_modules" / ".bin" / "pouchdb-server"
 
 
 def test_conflicting_writer_is_merged_not_overwritten(stack: Stack) -> None:
@@ -66,37 +64,26 @@ def test_conflicting_writer_is_merged_not_overwritten(stack: Stack) -> None:
 
 
 class PrivateCouch:
-    """A second CouchDB-API server that a test may stop and start at will, keeping its data."""
+    """A CouchDB of the test's own (`stack.sh start couchdb` with its own run dir and port) that
+    it may stop and start at will, keeping its data."""
 
     def __init__(self, stack: Stack, workdir: Path) -> None:
-        self.stack = Stack(stack.bootstrap, f"http://127.0.0.1:{free_port()}", "admin", "private-test-only")
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
+        port = free_port()
+        self.stack = Stack(stack.bootstrap, f"http://127.0.0.1:{port}", "admin", "private-test-only")
+        self.env = {
+            **os.environ,
+            "IOT_LOCAL_RUN_DIR": str(workdir),
+            "IOT_LOCAL_COUCHDB_PORT": str(port),
+            "IOT_LOCAL_COUCHDB_USER": self.stack.couchdb_user,
+            "IOT_LOCAL_COUCHDB_PASSWORD": self.stack.couchdb_password,
+        }
 
     def start(self) -> None:
-        config = self.workdir / "couchdb.json"
-        config.write_text(json.dumps({"admins": {self.stack.couchdb_user: self.stack.couchdb_password}}))
-        (self.workdir / "data").mkdir(exist_ok=True)
-        port = self.stack.couchdb_url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen(
-            [str(POUCHDB_SERVER), "--host", "127.0.0.1", "--port", port, "--dir", str(self.workdir / "data"),
-             "--config", str(config)],
-            stdout=(self.workdir / "couchdb.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )  # fmt: skip
-        wait_for("the private CouchDB-API server", self._answers, 60)
+        """Start it and wait until it answers (stack.sh waits)."""
+        subprocess.run([str(STACK_SCRIPT), "start", "couchdb"], env=self.env, check=True, timeout=300)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-    def _answers(self) -> bool:
-        try:
-            return self.stack.couch("GET", "_all_dbs").status_code == 200
-        except requests.RequestException:
-            return False
+        subprocess.run([str(STACK_SCRIPT), "stop", "couchdb"], env=self.env, check=True, timeout=120)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def make_client(settings: CouchSettings, timeout: float = 30.0) -> CloudantV1:
-    """Always authenticated: a CouchDB-API server with an admin refuses (or worse) anonymous writes."""
+    """Always authenticated: CouchDB refuses anonymous requests (401)."""
     client = CloudantV1(
         authenticator=BasicAuthenticator(settings.couchdb_user, settings.couchdb_password.get_secret_value())
     )

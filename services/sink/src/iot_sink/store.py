@@ -123,7 +123,7 @@ class DocumentStore:
 
 def _stub(attachment: dict[str, Any]) -> dict[str, Any]:
     """What a later revision sends for an attachment it keeps. A stub names its content by digest
-    (CouchDB's `md5-<base64>`): PouchDB refuses one without (`missing_stub`)."""
+    (CouchDB's `md5-<base64>`), so a server can check it holds that content."""
     if attachment.get("stub"):
         return attachment
     data = base64.b64decode(attachment["data"])

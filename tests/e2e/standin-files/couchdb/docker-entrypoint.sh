@@ -1,0 +1,27 @@
+#!/bin/bash
+# Stand-in for the official couchdb image's entry point (tests/e2e/standins.py says how the image
+# differs): the admin from COUCHDB_USER / COUCHDB_PASSWORD and COUCHDB_SECRET go into
+# local.d/docker.ini once, NODENAME into vm.args; CouchDB refuses to start with no admin. It runs
+# as couchdb from the start (no root entry point and gosu).
+set -euo pipefail
+etc=/opt/couchdb/etc
+
+if [[ "${1:-}" == /opt/couchdb/bin/couchdb ]]; then
+  if [[ -n "${COUCHDB_USER:-}" && -n "${COUCHDB_PASSWORD:-}" ]]; then
+    # Once: CouchDB replaces the password by its hash in the same file (a volume keeps it).
+    if ! grep -Pzoqs "\[admins\]\n\Q$COUCHDB_USER\E =" "$etc"/local.d/*.ini; then
+      printf '\n[admins]\n%s = %s\n' "$COUCHDB_USER" "$COUCHDB_PASSWORD" >>"$etc/local.d/docker.ini"
+    fi
+  fi
+  if [[ -n "${COUCHDB_SECRET:-}" ]] && ! grep -qs '^secret =' "$etc"/local.d/*.ini; then
+    printf '\n[chttpd_auth]\nsecret = %s\n' "$COUCHDB_SECRET" >>"$etc/local.d/docker.ini"
+  fi
+  if [[ -n "${NODENAME:-}" ]]; then
+    sed -i "s/^-name .*/-name couchdb@$NODENAME/" "$etc/vm.args"
+  fi
+  if ! grep -Pzoqs '\[admins\]\n[^;\n]' "$etc"/local.d/*.ini "$etc"/local.ini; then
+    echo 'CouchDB 3.0+ no longer runs in "Admin Party" mode: set COUCHDB_USER and COUCHDB_PASSWORD.' >&2
+    exit 1
+  fi
+fi
+exec "$@"
