@@ -21,7 +21,7 @@ COMPOSE = $(COMPOSE_CMD) -p iot-pipeline --env-file $(COMPOSE_ENV) -f $(COMPOSE_
 COMPOSE_LOCAL_DATA = $(if $(WEIGHTS_DIR),-f $(COMPOSE_DIR)/compose.weights-dir.yaml) \
   $(if $(CIFAR_DIR),-f $(COMPOSE_DIR)/compose.cifar-dir.yaml)
 # make up refuses these when unset, empty or still .env.example's placeholder.
-COMPOSE_SECRETS := COUCHDB_PASSWORD GRAFANA_ADMIN_PASSWORD
+COMPOSE_SECRETS := COUCHDB_PASSWORD COUCHDB_SINK_PASSWORD COUCHDB_READER_PASSWORD GRAFANA_ADMIN_PASSWORD
 
 .PHONY: help install tools deploy-tools run stop test test-deploy ci-fresh test-unit audit chaos bench lint fmt clean up down logs ps compose-env compose-secrets compose-local-data
 
@@ -85,7 +85,7 @@ test-unit: $(PY) ## Unit tests only (no services)
 
 # `make audit` reads the stack `make run` started unless IOT_* settings say otherwise; AUDIT_ARGS=--json for scripts.
 audit: $(PY) ## Delivery audit: is every image sent stored as one complete document? (exit 1 if not)
-	IOT_COUCHDB_PASSWORD="$${IOT_COUCHDB_PASSWORD:-$${IOT_LOCAL_COUCHDB_PASSWORD:-local-dev-only}}" \
+	IOT_COUCHDB_PASSWORD="$${IOT_COUCHDB_PASSWORD:-$${IOT_LOCAL_COUCHDB_READER_PASSWORD:-local-dev-only}}" \
 	  $(VENV)/bin/iot-audit $(AUDIT_ARGS)
 
 CHAOS_IMAGES ?= 10000
@@ -115,7 +115,7 @@ up: compose-env compose-secrets compose-local-data ## Docker: build the images a
 	$(if $(WEIGHTS_DIR),WEIGHTS_DIR=$(abspath $(WEIGHTS_DIR))) $(if $(CIFAR_DIR),CIFAR_DIR=$(abspath $(CIFAR_DIR))) \
 	  $(COMPOSE) $(COMPOSE_LOCAL_DATA) up -d --build
 	@echo "Prometheus http://localhost:9090, Grafana http://localhost:3000 (admin / GRAFANA_ADMIN_PASSWORD; profile grafana),"
-	@echo "CouchDB http://localhost:5984/_utils; images stored: curl -u admin:<COUCHDB_PASSWORD> 'http://localhost:5984/img_db/_all_docs?include_docs=true'"
+	@echo "CouchDB http://localhost:5984; images stored: curl -u iot_reader:<COUCHDB_READER_PASSWORD> 'http://localhost:5984/img_db/_all_docs?include_docs=true'"
 	@echo "(default host ports: *_HOST_PORT in $(COMPOSE_ENV) changes them)"
 
 down: compose-env ## Docker: stop and remove the stack (data volumes kept; `make down V=1` removes them too)

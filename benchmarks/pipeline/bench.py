@@ -41,7 +41,7 @@ class Bench:
     def pipeline(self) -> Pipeline:
         """Fresh topics and database of its own on the private stack."""
         pipe = Pipeline(self.stack.stack, self.logs)
-        pipe.create_topics()
+        pipe.prepare()
         return pipe
 
     def deadline(self, items: int, per_item: float = 0.05) -> float:

@@ -25,8 +25,9 @@ PIDS = RUN_DIR / "services"
 BESIDE = REPO.parent / "shared"  # test data beside the checkout, if this machine has it
 
 COUCH_URL = f"http://127.0.0.1:{os.environ.get('IOT_LOCAL_COUCHDB_PORT', '5984')}"
-COUCH_USER = os.environ.get("IOT_LOCAL_COUCHDB_USER", "admin")
-COUCH_PASSWORD = os.environ.get("IOT_LOCAL_COUCHDB_PASSWORD", "local-dev-only")
+# The users stack.sh made with iot-couchdb-setup: the sink writes, this script only reads.
+SINK_AUTH = ("iot_sink", os.environ.get("IOT_LOCAL_COUCHDB_SINK_PASSWORD", "local-dev-only"))
+READER_AUTH = ("iot_reader", os.environ.get("IOT_LOCAL_COUCHDB_READER_PASSWORD", "local-dev-only"))
 METRICS = {"producer": 8001, "inference": 8002, "sink": 8003}
 
 
@@ -35,8 +36,8 @@ def service_env() -> dict[str, str]:
         **os.environ,
         "IOT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{os.environ.get('IOT_LOCAL_KAFKA_PORT', '9092')}",
         "IOT_COUCHDB_URL": COUCH_URL,
-        "IOT_COUCHDB_USER": COUCH_USER,
-        "IOT_COUCHDB_PASSWORD": COUCH_PASSWORD,
+        "IOT_COUCHDB_USER": SINK_AUTH[0],
+        "IOT_COUCHDB_PASSWORD": SINK_AUTH[1],
     }
     # Without these, the services download the official files once (needs the internet).
     if "IOT_DATA_DIR" not in env and (BESIDE / "cifar10").is_dir():
@@ -88,7 +89,7 @@ def stored_documents(db: str, source: str) -> list[dict[str, Any]]:
     response = requests.get(
         f"{COUCH_URL}/{db}/_all_docs",
         params={"include_docs": "true"},
-        auth=(COUCH_USER, COUCH_PASSWORD),
+        auth=READER_AUTH,
         timeout=30,
     )
     if response.status_code == 404:
@@ -116,7 +117,7 @@ def print_report(docs: list[dict[str, Any]], db: str) -> None:
     for d in docs:
         mark = "" if d["GroundTruth"] == d["InferredValue"] else "  (wrong)"
         print(f"{d['_id']}  {d['GroundTruth']:12}  {d['InferredValue']:12}  {d['Confidence']:.3f}{mark}")
-    auth = f"-u {COUCH_USER}:{COUCH_PASSWORD}"
+    auth = f"-u {READER_AUTH[0]}:{READER_AUTH[1]}"
     print("\nLook at the data:")
     print(f"  curl {auth} '{COUCH_URL}/{db}/_all_docs?include_docs=true'")
     print(f"  curl {auth} {COUCH_URL}/{db}/{docs[0]['_id']}")

@@ -16,6 +16,9 @@ KAFKA_PORT="${IOT_LOCAL_KAFKA_PORT:-9092}"
 COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
 COUCH_USER="${IOT_LOCAL_COUCHDB_USER:-admin}"
 COUCH_PASSWORD="${IOT_LOCAL_COUCHDB_PASSWORD:-local-dev-only}"
+SINK_PASSWORD="${IOT_LOCAL_COUCHDB_SINK_PASSWORD:-local-dev-only}"
+READER_PASSWORD="${IOT_LOCAL_COUCHDB_READER_PASSWORD:-local-dev-only}"
+SETUP="$REPO/.venv/bin/iot-couchdb-setup"
 START_TIMEOUT="${IOT_LOCAL_START_TIMEOUT:-120}"
 STOP_TIMEOUT=30
 LIBS="$HERE/.kafka/libs"
@@ -213,6 +216,19 @@ INI
     launch couchdb "$COUCHDB_RELEASE/bin/couchdb"
 }
 
+# The pipeline's database and least-privilege users (iot_sink writes, iot_reader reads), made by
+# the project's own idempotent command as the server admin, which stays with the stack.
+setup_couchdb() {
+  if [[ ! -x "$SETUP" ]]; then
+    log "no $SETUP yet (make install makes it): CouchDB has no pipeline users"
+    return 0
+  fi
+  IOT_COUCHDB_URL="http://127.0.0.1:$COUCHDB_PORT" IOT_COUCHDB_USER="$COUCH_USER" \
+    IOT_COUCHDB_PASSWORD="$COUCH_PASSWORD" IOT_COUCHDB_SINK_PASSWORD="$SINK_PASSWORD" \
+    IOT_COUCHDB_READER_PASSWORD="$READER_PASSWORD" IOT_LOG_LEVEL=WARNING "$SETUP" ||
+    die "iot-couchdb-setup failed against the local CouchDB"
+}
+
 # ---- commands --------------------------------------------------------------------------------
 
 healthy() { running "$1" && "${1}_ok"; }
@@ -232,11 +248,12 @@ start() {
       started=1
     fi
     wait_for "$name" || die "$name did not start; \`$0 stop\` stops what did"
+    if [[ "$name" == couchdb ]]; then setup_couchdb; fi
   done
   ((started)) || log "already running and healthy"
   if (($# == 0)); then
     echo "Kafka bootstrap server: 127.0.0.1:$KAFKA_PORT"
-    echo "CouchDB: http://127.0.0.1:$COUCHDB_PORT (user $COUCH_USER)"
+    echo "CouchDB: http://127.0.0.1:$COUCHDB_PORT (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
     echo "Logs: $RUN_DIR/{zookeeper,kafka,couchdb}.log"
   fi
 }

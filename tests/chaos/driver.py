@@ -377,7 +377,7 @@ class ChaosRun:
     def _start(self) -> None:
         log.info("starting the private stack in %s", self.stack.run_dir)
         self.stack.start()
-        self.pipeline.create_topics(self.config.partitions)
+        self.pipeline.prepare(self.config.partitions)
         self.dlq = DeadLetterTail(self.stack.stack.bootstrap, self.pipeline.dlq_topic)
         for role, count in (("inference", self.config.inference), ("sink", self.config.sinks)):
             for index in range(count):

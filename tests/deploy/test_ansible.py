@@ -35,6 +35,7 @@ import yaml
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
 from iot_shared.settings import ServiceSettings, env_name, load_settings
+from iot_sink import couch_setup
 from iot_sink.settings import SinkSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,6 +174,8 @@ def inventory(ansible_home: Path) -> Inventory:
 @dataclass(frozen=True)
 class Secrets:
     couchdb: str
+    couchdb_sink: str
+    couchdb_reader: str
     grafana: str
     kafka: str
 
@@ -180,6 +183,8 @@ class Secrets:
     def extra_vars(self) -> dict[str, Any]:
         return {
             "vault_couchdb_admin_password": self.couchdb,
+            "vault_couchdb_sink_password": self.couchdb_sink,
+            "vault_couchdb_reader_password": self.couchdb_reader,
             "vault_grafana_admin_password": self.grafana,
             "vault_kafka_extra_config": {
                 "security.protocol": "SASL_PLAINTEXT",
@@ -190,7 +195,13 @@ class Secrets:
         }
 
     def all(self) -> dict[str, str]:
-        return {"couchdb": self.couchdb, "grafana": self.grafana, "kafka": self.kafka}
+        return {
+            "couchdb": self.couchdb,
+            "couchdb_sink": self.couchdb_sink,
+            "couchdb_reader": self.couchdb_reader,
+            "grafana": self.grafana,
+            "kafka": self.kafka,
+        }
 
 
 @dataclass(frozen=True)
@@ -232,6 +243,8 @@ def render_site(
 def secret_values() -> Secrets:
     return Secrets(
         couchdb=f"couch-{secrets.token_hex(12)}",
+        couchdb_sink=f"couch-sink-{secrets.token_hex(12)}",
+        couchdb_reader=f"couch-reader-{secrets.token_hex(12)}",
         grafana=f"grafana-{secrets.token_hex(12)}",
         kafka=f"kafka-{secrets.token_hex(12)}",
     )
@@ -526,8 +539,13 @@ def test_every_setting_a_service_needs_is_set_and_valid(
         assert settings.count == 6 and settings.seconds_between_images == 10.0
     if isinstance(settings, SinkSettings):
         assert settings.couchdb_url == f"http://{inventory.address('couchdb')}:5984"
-        assert settings.couchdb_password.get_secret_value() == secret_values.couchdb
-        assert (settings.couchdb_user, settings.couchdb_db, settings.group_id) == ("admin", "img_db", "sink")
+        # A member of img_db that roles/couchdb makes, never the server admin.
+        assert settings.couchdb_password.get_secret_value() == secret_values.couchdb_sink
+        assert (settings.couchdb_user, settings.couchdb_db, settings.group_id) == (
+            "iot_sink",
+            "img_db",
+            "sink",
+        )
     if isinstance(settings, InferenceSettings):
         assert settings.group_id == "inference"
 
@@ -607,7 +625,9 @@ def test_no_secret_appears_outside_the_secrets_files(rendered: Render, secret_va
         if path.name == "secrets.env":
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{where} must be mode 0600"
     # ...and each secret does reach the containers that need it.
-    assert sorted(seen["couchdb"]) == ["vm4/etc/iot/couchdb/secrets.env", "vm4/etc/iot/sink/secrets.env"]
+    # The server admin's password stays with CouchDB; the sink gets its own user's.
+    assert seen["couchdb"] == ["vm4/etc/iot/couchdb/secrets.env"]
+    assert seen["couchdb_sink"] == ["vm4/etc/iot/sink/secrets.env"]
     assert seen["grafana"] == ["vm4/etc/iot/grafana/secrets.env"]
     assert sorted(seen["kafka"]) == [
         "vm1/etc/iot/producer/secrets.env",
@@ -776,3 +796,14 @@ def test_images_can_come_from_a_plain_http_registry(varied: Render, inventory: I
         daemon = json.loads(varied.file(inventory.host(name), "/etc/docker/daemon.json").read_text())
         assert daemon["insecure-registries"] == [REGISTRY]
         assert daemon["log-opts"] == {"max-size": "10m", "max-file": "3"}, "the defaults stay"
+
+
+def test_the_role_locks_img_db_down_as_iot_couchdb_setup_does() -> None:
+    """roles/couchdb applies the same `_security`, validate function and roles as the command
+    Compose and the local stack run, so the deployments cannot drift apart."""
+    role = yaml.safe_load((ANSIBLE / "roles" / "couchdb" / "vars" / "main.yml").read_text())
+    assert role["couchdb_security"] == couch_setup.security_object()
+    assert role["couchdb_access_ddoc"] == couch_setup.ACCESS_DDOC
+    assert role["couchdb_validate_doc_update"] == couch_setup.VALIDATE_DOC_UPDATE
+    users = yaml.safe_load((ANSIBLE / "group_vars" / "couchdb.yml").read_text())["couchdb_users"]
+    assert [u["role"] for u in users] == [couch_setup.WRITER_ROLE, couch_setup.READER_ROLE]

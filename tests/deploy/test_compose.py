@@ -23,6 +23,7 @@ from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
 from iot_shared.settings import ServiceSettings, env_name
 from iot_shared.topics import TopicSettings
+from iot_sink.couch_setup import CouchSetupSettings
 from iot_sink.settings import SinkSettings
 from tests.deploy.conftest import ROLES, VENV_BIN, Dockerfile, find_tool
 from tests.paths import REPO
@@ -43,8 +44,16 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "inference": InferenceSettings,
     "sink": SinkSettings,
     "topics": TopicSettings,
+    "couchdb-setup": CouchSetupSettings,
 }
-REQUIRED_SECRETS = ("COUCHDB_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+# The one-shot containers that run in the sink's image and exit.
+ONE_SHOTS = ("topics", "couchdb-setup")
+REQUIRED_SECRETS = (
+    "COUCHDB_PASSWORD",
+    "COUCHDB_SINK_PASSWORD",
+    "COUCHDB_READER_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 THIRD_PARTY = {  # service -> the variable that names its image
     "zookeeper": "ZOOKEEPER_IMAGE",
     "kafka": "KAFKA_IMAGE",
@@ -259,15 +268,16 @@ def test_local_data_files_replace_the_download_stages(dockerfiles: dict[str, Doc
 
 def test_built_images_come_from_the_repository_dockerfiles(resolved: dict[str, Any]) -> None:
     built = {name: s for name, s in resolved["services"].items() if "build" in s}
-    assert set(built) == {"topics", *ROLES}
+    assert set(built) == {*ONE_SHOTS, *ROLES}
     for name, service in built.items():
         context = Path(service["build"]["context"])
         assert context.resolve() == REPO, f"{name}: the build context must be the repo root"
         assert (context / service["build"]["dockerfile"]).is_file()
         assert service["image"].split(":")[0] == f"iot-{role_of(service)}"
-    # iot-topics lives in the shared library, installed in every image; it runs in the sink's.
-    assert built["topics"]["image"] == built["sink"]["image"]
-    assert built["topics"]["build"] == built["sink"]["build"]
+    # iot-topics (the shared library, installed in every image) and iot-couchdb-setup run in the sink's.
+    for one_shot in ONE_SHOTS:
+        assert built[one_shot]["image"] == built["sink"]["image"]
+        assert built[one_shot]["build"] == built["sink"]["build"]
 
 
 def test_one_shot_topic_init_runs_before_the_consumers(resolved: dict[str, Any]) -> None:
@@ -278,6 +288,15 @@ def test_one_shot_topic_init_runs_before_the_consumers(resolved: dict[str, Any])
     assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
     for consumer in ("inference", "sink"):
         assert services[consumer]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_one_shot_couchdb_setup_runs_before_the_sink(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    setup = services["couchdb-setup"]
+    assert setup["restart"] == "no"
+    assert healthcheck_disabled(setup["healthcheck"]), "iot-couchdb-setup serves no health port"
+    assert setup["depends_on"]["couchdb"]["condition"] == "service_healthy"
+    assert services["sink"]["depends_on"]["couchdb-setup"]["condition"] == "service_completed_successfully"
 
 
 def test_inference_scales_over_the_images_partitions(resolved: dict[str, Any]) -> None:
@@ -333,7 +352,7 @@ def test_services_restart_share_one_network_and_keep_data_on_named_volumes(resol
     }
     for name, service in services.items():
         assert set(service["networks"]) == {"pipeline"}, name
-        if name != "topics":
+        if name not in ONE_SHOTS:
             assert service["restart"] in {"unless-stopped", "always", "on-failure"}, name
     for name, target in data_dirs.items():
         assert mounts(services[name]).get(target) in declared, f"{name}: {target} is not on a named volume"
@@ -362,18 +381,23 @@ def test_kafka_runs_in_zookeeper_mode_and_advertises_what_the_services_dial(reso
     assert kafka_env["KAFKA_ZOOKEEPER_CONNECT"] == f"zookeeper:{zookeeper_port}"
     internal = re.search(r"INTERNAL://([^,]+)", kafka_env["KAFKA_ADVERTISED_LISTENERS"])
     assert internal
-    for name in SETTINGS:
+    for name in SETTINGS.keys() - {"couchdb-setup"}:
         assert services[name]["environment"]["IOT_KAFKA_BOOTSTRAP_SERVERS"] == internal.group(1), name
     # The broker does not invent topics: iot-topics creates them with their partitions.
     assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
-def test_sink_uses_the_couchdb_admin_compose_creates(resolved: dict[str, Any]) -> None:
+def test_the_setup_runs_as_couchdbs_admin_and_the_sink_as_the_user_it_makes(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
-    couchdb, sink = services["couchdb"]["environment"], services["sink"]["environment"]
-    assert sink["IOT_COUCHDB_URL"] == "http://couchdb:5984"
-    assert sink["IOT_COUCHDB_USER"] == couchdb["COUCHDB_USER"]
-    assert sink["IOT_COUCHDB_PASSWORD"] == couchdb["COUCHDB_PASSWORD"]
+    couchdb, setup = services["couchdb"]["environment"], services["couchdb-setup"]["environment"]
+    sink = services["sink"]["environment"]
+    assert sink["IOT_COUCHDB_URL"] == setup["IOT_COUCHDB_URL"] == "http://couchdb:5984"
+    assert sink["IOT_COUCHDB_DB"] == setup["IOT_COUCHDB_DB"]
+    assert setup["IOT_COUCHDB_USER"] == couchdb["COUCHDB_USER"]
+    assert setup["IOT_COUCHDB_PASSWORD"] == couchdb["COUCHDB_PASSWORD"]
+    # The sink is not the server admin: it logs in as the member the setup makes.
+    assert sink["IOT_COUCHDB_USER"] == CouchSetupSettings.model_fields["couchdb_sink_user"].default
+    assert sink["IOT_COUCHDB_PASSWORD"] == setup["IOT_COUCHDB_SINK_PASSWORD"] != couchdb["COUCHDB_PASSWORD"]
     assert re.fullmatch(r"couchdb:3\.\d+\.\d+", services["couchdb"]["image"])
 
 

@@ -97,6 +97,25 @@ def test_the_producers_images_are_stored_with_predictions(deployment: Deployment
             assert (image.format, image.size, image.mode) == ("PNG", (32, 32), "RGB")
 
 
+def test_couchdb_lets_each_user_do_only_its_part(deployment: Deployment) -> None:
+    """The sink wrote the documents above as iot_sink; here what the others may not do."""
+    db = f"{deployment.couchdb_url}/img_db"
+
+    def status(method: str, url: str, auth: tuple[str, str] | None, **kwargs: Any) -> int:
+        return requests.request(method, url, auth=auth, timeout=30, **kwargs).status_code
+
+    sink = ("iot_sink", deployment.sink_password)
+    assert status("GET", f"{db}/_all_docs", None) == 401  # anonymous
+    assert status("PUT", f"{deployment.couchdb_url}/img_db_other", sink) in (401, 403)
+    assert status("DELETE", db, sink) in (401, 403)
+    assert status("GET", f"{deployment.couchdb_url}/_users/_all_docs", sink) in (401, 403)
+    assert status("GET", f"{db}/_all_docs", deployment.couchdb_auth) == 200
+    assert status("PUT", f"{db}/forged", deployment.couchdb_auth, json={"InferredValue": "truck"}) == 403
+    # The sink's unit got its own user, not the server admin's password.
+    vm4 = deployment.hosts["vm4"]
+    assert deployment.couchdb_password not in vm4.sh("cat /etc/iot/sink/secrets.env")
+
+
 def test_prometheus_scrapes_inference_and_sink(deployment: Deployment) -> None:
     def up() -> dict[str, str]:
         response = requests.get(

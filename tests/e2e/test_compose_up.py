@@ -110,7 +110,15 @@ class Stack:
 
     def environ(self) -> dict[str, str]:
         # The test's .env decides, not a password or folder that happens to be in this shell.
-        drop = {"COUCHDB_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "WEIGHTS_DIR", "CIFAR_DIR", "COMPOSE_CMD"}
+        drop = {
+            "COUCHDB_PASSWORD",
+            "COUCHDB_SINK_PASSWORD",
+            "COUCHDB_READER_PASSWORD",
+            "GRAFANA_ADMIN_PASSWORD",
+            "WEIGHTS_DIR",
+            "CIFAR_DIR",
+            "COMPOSE_CMD",
+        }
         return {k: v for k, v in self.engine.environ().items() if k not in drop}
 
     def make(self, target: str, *args: str, timeout: float = 900) -> None:
@@ -163,7 +171,8 @@ class Stack:
 
     @property
     def auth(self) -> tuple[str, str]:
-        return (self.settings["COUCHDB_USER"], self.settings["COUCHDB_PASSWORD"])
+        """The reader couchdb-setup made: looking at the data needs no more."""
+        return ("iot_reader", self.settings["COUCHDB_READER_PASSWORD"])
 
     @property
     def kafka(self) -> str:
@@ -196,9 +205,9 @@ def describe(container: dict[str, Any]) -> str:
 
 
 def settled(container: dict[str, Any]) -> bool:
-    """Up and healthy; or a one-shot service (topics, the producer) that has finished with 0."""
+    """Up and healthy; or a one-shot service (topics, couchdb-setup, the producer) that has finished with 0."""
     state = container["State"]
-    if service(container) in ("topics", "producer") and state["Status"] == "exited":
+    if service(container) in ("topics", "couchdb-setup", "producer") and state["Status"] == "exited":
         return bool(state["ExitCode"] == 0)
     if state["Status"] != "running":
         return False
@@ -262,6 +271,8 @@ def stack(
     settings = {
         **env_example(),
         "COUCHDB_PASSWORD": secrets.token_urlsafe(18),
+        "COUCHDB_SINK_PASSWORD": secrets.token_urlsafe(18),
+        "COUCHDB_READER_PASSWORD": secrets.token_urlsafe(18),
         "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
         "COMPOSE_PROFILES": "",  # no Grafana: it has no stand-in
         "ZOOKEEPER_IMAGE": images["confluentinc/cp-zookeeper:7.7.1"],
@@ -286,7 +297,9 @@ def stack(
         started = time.monotonic()
         up.make("up", timeout=UP_TIMEOUT_S)
         up.timings["make up (build + start)"] = time.monotonic() - started
-        wait_settled(up, {"zookeeper", "kafka", "topics", "couchdb", "inference", "sink", "producer"})
+        wait_settled(
+            up, {"zookeeper", "kafka", "topics", "couchdb", "couchdb-setup", "inference", "sink", "producer"}
+        )
         up.timings["make up to all healthy"] = time.monotonic() - started
         yield up
     finally:
@@ -306,17 +319,17 @@ def stack(
 
 def test_every_container_with_a_health_check_is_healthy(stack: Stack) -> None:
     containers = wait_settled(
-        stack, {"zookeeper", "kafka", "topics", "couchdb", "inference", "sink", "producer"}
+        stack, {"zookeeper", "kafka", "topics", "couchdb", "couchdb-setup", "inference", "sink", "producer"}
     )
     by_service = {service(c): c for c in containers}
     checked = {name for name, c in by_service.items() if has_healthcheck(c)}
     # compose.yaml's own checks, and the HEALTHCHECK of each built image.
     assert {"zookeeper", "kafka", "couchdb", "inference", "sink", "producer"} <= checked, checked
-    assert "topics" not in checked, "iot-topics serves no health port"
+    assert not {"topics", "couchdb-setup"} & checked, "the one-shot containers serve no health port"
     for name in checked - {"producer"}:
         assert by_service[name]["State"]["Health"]["Status"] == "healthy", describe(by_service[name])
     # The producer started only once the others were ready; it reports ready while it sends,
-    # then exits 0 (test_images_flow_into_couchdb). The one-shot topics service exited 0.
+    # then exits 0 (test_images_flow_into_couchdb). The one-shot topics and couchdb-setup exited 0.
     producer = wait_for(
         "the producer's health check to pass",
         lambda: next(
@@ -326,6 +339,7 @@ def test_every_container_with_a_health_check_is_healthy(stack: Stack) -> None:
     )
     assert producer["State"]["Status"] == "running" or producer["State"]["ExitCode"] == 0, describe(producer)
     assert by_service["topics"]["State"]["ExitCode"] == 0
+    assert by_service["couchdb-setup"]["State"]["ExitCode"] == 0
 
 
 def test_images_flow_into_couchdb(stack: Stack) -> None:
@@ -396,7 +410,9 @@ def test_make_down_then_up_keeps_the_data(stack: Stack) -> None:
     assert f"{PROJECT}_couchdb-data" in volumes and f"{PROJECT}_kafka-data" in volumes, volumes
     started = time.monotonic()
     stack.make("up", timeout=UP_TIMEOUT_S)
-    wait_settled(stack, {"zookeeper", "kafka", "topics", "couchdb", "inference", "sink", "producer"})
+    wait_settled(
+        stack, {"zookeeper", "kafka", "topics", "couchdb", "couchdb-setup", "inference", "sink", "producer"}
+    )
     stack.timings["make up again to all healthy"] = time.monotonic() - started
     # The producer runs again: its images join the ones stored before, which are all still there.
     after = wait_complete(stack, len(before) + IMAGES_SENT)

@@ -45,7 +45,7 @@ def stack() -> Stack:
 def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     logs: Path = tmp_path_factory.mktemp("logs")
     pipe = Pipeline(stack, logs)
-    pipe.create_topics()
+    pipe.prepare()
     try:
         yield pipe
     finally:

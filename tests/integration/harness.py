@@ -21,19 +21,26 @@ import numpy as np
 import requests
 from confluent_kafka import Consumer, Producer
 
+from iot_shared.couch import client_for
 from iot_shared.kafka import ensure_topics
 from iot_shared.schema import ImageMessage
 from iot_shared.settings import ServiceSettings
+from iot_sink.couch_setup import prepare_database
 from tests.paths import CIFAR_DIR, WEIGHTS
 from tests.waiting import wait_for
 
 
 @dataclass(frozen=True)
 class Stack:
+    """Where the servers are. `couchdb_user` is CouchDB's server admin (the tests' own view); the
+    sink logs in as `sink_user`, which stack.sh's `iot-couchdb-setup` made."""
+
     bootstrap: str
     couchdb_url: str
     couchdb_user: str
     couchdb_password: str
+    sink_user: str = "iot_sink"
+    sink_password: str = "local-dev-only"
 
     def couch(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return requests.request(
@@ -134,8 +141,8 @@ class Pipeline:
             "IOT_PREDICTIONS_TOPIC": self.predictions_topic,
             "IOT_DLQ_TOPIC": self.dlq_topic,
             "IOT_COUCHDB_URL": self.stack.couchdb_url,
-            "IOT_COUCHDB_USER": self.stack.couchdb_user,
-            "IOT_COUCHDB_PASSWORD": self.stack.couchdb_password,
+            "IOT_COUCHDB_USER": self.stack.sink_user,
+            "IOT_COUCHDB_PASSWORD": self.stack.sink_password,
             "IOT_COUCHDB_DB": self.db,
             "IOT_METRICS_PORT": "0",
             "IOT_WEIGHTS": str(WEIGHTS),
@@ -144,6 +151,13 @@ class Pipeline:
             "IOT_STATE_DIR": str(self.logs / f"{self.name}-producer-state"),
             **extra,
         }
+
+    def prepare(self, partitions: int = 3) -> None:
+        """This pipeline's topics, and its database as `iot-couchdb-setup` makes one: the sink is
+        a member, not a server admin, so it cannot create it."""
+        self.create_topics(partitions)
+        admin = client_for(self.stack.couchdb_url, self.stack.couchdb_user, self.stack.couchdb_password)
+        prepare_database(admin, self.db)
 
     def create_topics(self, partitions: int = 3) -> None:
         settings = ServiceSettings(

@@ -143,7 +143,7 @@ class Observed:
 def observed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     workdir = tmp_path_factory.mktemp("prometheus")
     pipeline = Pipeline(stack, workdir)
-    pipeline.create_topics()
+    pipeline.prepare()
     ports = {role: free_port() for role in ROLES}
     prometheus, url = start_prometheus(ports, workdir)
     try:

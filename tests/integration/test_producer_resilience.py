@@ -103,7 +103,7 @@ def test_producer_rides_out_two_broker_crashes(
 ) -> None:
     count = 8000
     pipeline = Pipeline(crashing_broker.stack, tmp_path_factory.mktemp("logs"))
-    pipeline.create_topics(PARTITIONS)
+    pipeline.prepare(PARTITIONS)
     state = tmp_path_factory.mktemp("state")
     size = TopicSize(crashing_broker.stack.bootstrap, pipeline.images_topic)
     try:

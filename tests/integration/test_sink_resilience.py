@@ -98,7 +98,7 @@ def test_sink_rides_out_a_couchdb_outage_longer_than_its_poll_interval_without_l
     private_couch: PrivateCouch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     pipeline = Pipeline(private_couch.stack, tmp_path_factory.mktemp("logs"))
-    pipeline.create_topics()
+    pipeline.prepare()
     try:
         # A member that stops polling for 6 s leaves its group; the outage below lasts longer.
         pipeline.start(
@@ -154,5 +154,5 @@ def _metric(port: int, series: str) -> float:
 def test_wrong_couchdb_password_stops_the_sink_at_once_with_a_clear_message(pipeline: Pipeline) -> None:
     sink = pipeline.start("sink", IOT_COUCHDB_PASSWORD="not-the-password")
     assert sink.wait(60) == 1
-    assert "refused IOT_COUCHDB_USER 'admin' / IOT_COUCHDB_PASSWORD (401)" in sink.log_tail()
+    assert "refused IOT_COUCHDB_USER 'iot_sink' / IOT_COUCHDB_PASSWORD (401)" in sink.log_tail()
     assert "not-the-password" not in sink.log_path.read_text()

@@ -15,10 +15,14 @@ log = logging.getLogger(__name__)
 
 def make_client(settings: CouchSettings, timeout: float = 30.0) -> CloudantV1:
     """Always authenticated: CouchDB refuses anonymous requests (401)."""
-    client = CloudantV1(
-        authenticator=BasicAuthenticator(settings.couchdb_user, settings.couchdb_password.get_secret_value())
+    return client_for(
+        settings.couchdb_url, settings.couchdb_user, settings.couchdb_password.get_secret_value(), timeout
     )
-    client.set_service_url(settings.couchdb_url.rstrip("/"))
+
+
+def client_for(url: str, user: str, password: str, timeout: float = 30.0) -> CloudantV1:
+    client = CloudantV1(authenticator=BasicAuthenticator(user, password))
+    client.set_service_url(url.rstrip("/"))
     client.set_http_config({"timeout": timeout})
     return client
 

@@ -19,7 +19,7 @@ from ibmcloudant.cloudant_v1 import CloudantV1
 
 from iot_shared.batch_loop import BatchLoop, RetryLaterError
 from iot_shared.consumer import GroupMember, join_group
-from iot_shared.couch import ensure_database, make_client, ping
+from iot_shared.couch import make_client, ping
 from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import ConfigError
 from iot_shared.kafka import wait_for_topics
@@ -76,21 +76,27 @@ def document_writer(store: DocumentStore) -> Callable[[list[ImageMessage | Predi
 
 
 def connect_couch(settings: SinkSettings, stop: StopFlag) -> CloudantV1:
-    """Wait (bounded) for CouchDB and create the database; wrong credentials fail at once."""
+    """Wait (bounded) for CouchDB and the database, which `iot-couchdb-setup` makes (the sink is
+    no server admin); credentials that are wrong or not a member fail at once."""
     client = make_client(settings)
 
-    def setup() -> None:
+    def readable() -> None:
         try:
-            ensure_database(client, settings.couchdb_db)
+            ping(client, settings.couchdb_db)
         except ApiException as exc:
             if exc.status_code in (401, 403):
                 raise ConfigError(
                     f"CouchDB at {settings.couchdb_url} refused IOT_COUCHDB_USER "
-                    f"{settings.couchdb_user!r} / IOT_COUCHDB_PASSWORD ({exc.status_code})"
+                    f"{settings.couchdb_user!r} / IOT_COUCHDB_PASSWORD ({exc.status_code}"
+                    f"{'' if exc.status_code == 401 else f': not a member of {settings.couchdb_db}'})"
+                ) from None
+            if exc.status_code == 404:
+                raise ApiException(
+                    404, message=f"no database {settings.couchdb_db} yet (iot-couchdb-setup makes it)"
                 ) from None
             raise
 
-    wait_until("CouchDB", setup, stop, settings.startup_timeout_seconds, COUCH_ERRORS)
+    wait_until("CouchDB", readable, stop, settings.startup_timeout_seconds, COUCH_ERRORS)
     return client
 
 

@@ -54,6 +54,7 @@ class AuditSettings(CouchSettings):
 
     model_config = SettingsConfigDict(cli_shortcuts={"json-output": "json"})
 
+    couchdb_user: str = Field("iot_reader", min_length=1, description="CouchDB user: reading is enough")
     since: datetime | None = Field(
         None,
         description="Audit only records from this time on: ISO 8601 (UTC unless it says otherwise) "

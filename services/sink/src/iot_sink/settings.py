@@ -11,6 +11,9 @@ class SinkSettings(CouchSettings, ConsumerSettings):
     metrics_port: int = Field(
         8003, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )
+    couchdb_user: str = Field(
+        "iot_sink", min_length=1, description="CouchDB user: a member of the database, not a server admin"
+    )
     group_id: str = Field("sink", min_length=1, description="Kafka consumer group")
     max_batch: int = Field(500, ge=1, le=10000, description="Most messages in one CouchDB bulk write")
     max_wait_ms: int = Field(
