@@ -101,10 +101,13 @@ show_log() {
 }
 
 # wait_for NAME: poll NAME's health check until it passes, the process dies, or the deadline passes.
+# Only after `start` launched NAME or found it running, so the pid is ours: `alive`, not `running`,
+# since a process just launched may not have exec'd into the command line that names the run dir
+# yet (CouchDB's start script runs a while before its Erlang VM).
 wait_for() {
   local name="$1" deadline=$((SECONDS + START_TIMEOUT))
   until "${name}_ok"; do
-    if ! running "$name"; then
+    if ! alive "$(pid_of "$name")"; then
       log "$name exited"
       show_log "$name"
       return 1

@@ -118,6 +118,7 @@ COUCHDB: Final = StandIn(
     tag="localhost/iot-standin-couchdb:3.5.0",
     packages=("libicu72", "libssl3", "libstdc++6", "curl"),
     hooks=(
+        'mkdir -p "$1/opt/couchdb"',  # sync-in copies into a folder that exists
         f"sync-in {COUCHDB_RELEASE} /opt/couchdb",
         'rm -f "$1/opt/couchdb/.recipe.sha256"',
         'mkdir -p "$1/opt/couchdb/data"',
