@@ -187,11 +187,6 @@ PROPS
   launch_java kafka 512m kafka.Kafka "$RUN_DIR/server.properties"
 }
 
-json_escape() { # a shell string as the inside of a JSON string
-  local s="${1//\\/\\\\}"
-  printf '%s' "${s//\"/\\\"}"
-}
-
 launch_couchdb() {
   local data="$RUN_DIR/couchdb"
   mkdir -p "$data"
