@@ -280,23 +280,20 @@ def test_built_images_come_from_the_repository_dockerfiles(resolved: dict[str, A
         assert built[one_shot]["build"] == built["sink"]["build"]
 
 
-def test_one_shot_topic_init_runs_before_the_consumers(resolved: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("one_shot", "waits_for", "consumers"),
+    [("topics", "kafka", ("inference", "sink")), ("couchdb-setup", "couchdb", ("sink",))],
+)
+def test_one_shot_init_runs_before_its_consumers(
+    resolved: dict[str, Any], one_shot: str, waits_for: str, consumers: tuple[str, ...]
+) -> None:
     services = resolved["services"]
-    topics = services["topics"]
-    assert topics["restart"] == "no"
-    assert healthcheck_disabled(topics["healthcheck"]), "iot-topics serves no health port"
-    assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
-    for consumer in ("inference", "sink"):
-        assert services[consumer]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-
-
-def test_one_shot_couchdb_setup_runs_before_the_sink(resolved: dict[str, Any]) -> None:
-    services = resolved["services"]
-    setup = services["couchdb-setup"]
-    assert setup["restart"] == "no"
-    assert healthcheck_disabled(setup["healthcheck"]), "iot-couchdb-setup serves no health port"
-    assert setup["depends_on"]["couchdb"]["condition"] == "service_healthy"
-    assert services["sink"]["depends_on"]["couchdb-setup"]["condition"] == "service_completed_successfully"
+    init = services[one_shot]
+    assert init["restart"] == "no"
+    assert healthcheck_disabled(init["healthcheck"]), f"{one_shot} serves no health port"
+    assert init["depends_on"][waits_for]["condition"] == "service_healthy"
+    for consumer in consumers:
+        assert services[consumer]["depends_on"][one_shot]["condition"] == "service_completed_successfully"
 
 
 def test_inference_scales_over_the_images_partitions(resolved: dict[str, Any]) -> None:
