@@ -14,6 +14,7 @@ RUN_DIR="${IOT_LOCAL_RUN_DIR:-$REPO/.run/local}"
 ZOOKEEPER_PORT="${IOT_LOCAL_ZOOKEEPER_PORT:-2181}"
 KAFKA_PORT="${IOT_LOCAL_KAFKA_PORT:-9092}"
 COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
+COUCHDB_METRICS_PORT="${IOT_LOCAL_COUCHDB_METRICS_PORT:-17986}"
 COUCH_USER="${IOT_LOCAL_COUCHDB_USER:-admin}"
 COUCH_PASSWORD="${IOT_LOCAL_COUCHDB_PASSWORD:-local-dev-only}"
 SINK_PASSWORD="${IOT_LOCAL_COUCHDB_SINK_PASSWORD:-local-dev-only}"
@@ -202,6 +203,10 @@ n = 1
 [chttpd]
 bind_address = 127.0.0.1
 port = $COUCHDB_PORT
+[prometheus]
+additional_port = true
+bind_address = 127.0.0.1
+port = $COUCHDB_METRICS_PORT
 [admins]
 $COUCH_USER = $COUCH_PASSWORD
 INI
@@ -241,6 +246,10 @@ start() {
     if ! running "$name"; then
       port="$(port_of "$name")"
       port_free "$port" || die "port $port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
+      if [[ "$name" == couchdb ]]; then
+        port_free "$COUCHDB_METRICS_PORT" ||
+          die "port $COUCHDB_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_METRICS_PORT"
+      fi
       log "starting $name on 127.0.0.1:$port"
       "launch_$name"
       started=1
@@ -252,6 +261,7 @@ start() {
   if (($# == 0)); then
     echo "Kafka bootstrap server: 127.0.0.1:$KAFKA_PORT"
     echo "CouchDB: http://127.0.0.1:$COUCHDB_PORT (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
+    echo "CouchDB's metrics: http://127.0.0.1:$COUCHDB_METRICS_PORT/_node/_local/_prometheus"
     echo "Logs: $RUN_DIR/{zookeeper,kafka,couchdb}.log"
   fi
 }

@@ -681,7 +681,7 @@ def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory
         "producer": {22, 8001},
         "broker": {22, 9092},
         "inference": {22, 8002},
-        "sink": {22, 8003, 5984, 3000, 9090},
+        "sink": {22, 8003, 5984, 17986, 3000, 9090},
     }
     for group, ports in expected.items():
         assert set(firewall_ports(rendered, inventory.host(group))) == ports, group
@@ -704,6 +704,7 @@ def test_firewall_opens_admin_ports_to_the_controller_not_to_everyone(
         ("inference", 8002): {monitoring, CONTROLLER},
         ("sink", 8003): {monitoring, CONTROLLER},
         ("couchdb", 5984): {sink, CONTROLLER},
+        ("couchdb", 17986): {monitoring, CONTROLLER},
         ("monitoring", 3000): {CONTROLLER},
         ("monitoring", 9090): {CONTROLLER},
     }
@@ -725,8 +726,9 @@ def test_admin_only_ports_stay_closed_while_the_controller_is_unknown(
     )
     assert result.returncode == 0, output(result)
     ports = firewall_ports(Render(tmp_path, ""), inventory.host("sink"))
-    assert set(ports) == {22, 8003, 5984}
+    assert set(ports) == {22, 8003, 5984, 17986}
     assert rule_sources(ports[8003]) == {inventory.address("monitoring")}
+    assert rule_sources(ports[17986]) == {inventory.address("monitoring")}
     assert rule_sources(ports[5984]) == {inventory.address("sink")}
 
 
@@ -747,6 +749,12 @@ def test_prometheus_scrapes_every_service_on_its_vm(rendered: Render, inventory:
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     for name, (_, port) in SERVICES.items():
         assert jobs[name] == [f"{inventory.address(name)}:{port}"]
+    # CouchDB's own endpoint, on the port its ini opens (and the firewall, to this host).
+    [couchdb] = [job for job in config["scrape_configs"] if job["job_name"] == "couchdb"]
+    assert couchdb["metrics_path"] == "/_node/_local/_prometheus"
+    assert jobs["couchdb"] == [f"{inventory.address('couchdb')}:17986"]
+    ini = rendered.file(inventory.host("couchdb"), "/etc/iot/couchdb/couchdb.ini").read_text()
+    assert "[prometheus]\nadditional_port = true\nbind_address = 0.0.0.0\nport = 17986" in ini
 
 
 def test_prometheus_loads_the_same_alert_rules_as_compose(rendered: Render, inventory: Inventory) -> None:

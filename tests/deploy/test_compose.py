@@ -9,6 +9,7 @@ Ansible deployment.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -434,11 +435,18 @@ def test_prometheus_scrapes_the_ports_the_services_serve_metrics_on(
         for dns in job.get("dns_sd_configs", []):
             assert dns["names"] == [job["job_name"]]
             ports[job["job_name"]] = int(dns["port"])
-    assert set(ports) == set(ROLES), "Prometheus must scrape every service"
+    assert set(ports) == {*ROLES, "couchdb"}, "Prometheus must scrape every service and CouchDB"
     for role in ROLES:
         served = int(resolved["services"][role]["environment"]["IOT_METRICS_PORT"])
         assert ports[role] == served == SETTINGS[role].model_fields["metrics_port"].default, role
         assert dockerfiles[role].final.env()["IOT_METRICS_PORT"] == str(served)
+    # CouchDB serves its own metrics on the port its mounted ini opens, inside the network only.
+    ini = configparser.ConfigParser()
+    ini.read(COMPOSE_DIR / "couchdb" / "single-node.ini")
+    assert ini["prometheus"]["additional_port"] == "true"
+    assert ports["couchdb"] == int(ini["prometheus"]["port"])
+    published = [int(p["target"]) for p in resolved["services"]["couchdb"]["ports"]]
+    assert published == [5984], "CouchDB's metrics port is for Prometheus on the Compose network only"
 
 
 def test_prometheus_loads_the_repository_alert_rules(resolved: dict[str, Any]) -> None:

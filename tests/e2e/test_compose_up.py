@@ -360,7 +360,7 @@ def test_images_flow_into_couchdb(stack: Stack) -> None:
     assert producer["State"]["ExitCode"] == 0, describe(producer)
 
 
-def test_prometheus_scrapes_inference_and_sink(stack: Stack) -> None:
+def test_prometheus_scrapes_inference_sink_and_couchdb(stack: Stack) -> None:
     def up_jobs() -> set[str] | None:
         try:
             response = requests.get(f"{stack.prometheus}/api/v1/targets", timeout=5)
@@ -368,9 +368,9 @@ def test_prometheus_scrapes_inference_and_sink(stack: Stack) -> None:
             return None
         targets = response.json()["data"]["activeTargets"] if response.status_code == 200 else []
         jobs = {t["labels"]["job"] for t in targets if t["health"] == "up"}
-        return jobs if {"inference", "sink"} <= jobs else None
+        return jobs if {"inference", "sink", "couchdb"} <= jobs else None
 
-    wait_for("Prometheus scraping inference and sink", up_jobs, 60)
+    wait_for("Prometheus scraping inference, sink and CouchDB's own metrics", up_jobs, 60)
 
 
 def consumer_group(stack: Stack, group: str) -> dict[str, set[int]]:

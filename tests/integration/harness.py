@@ -33,12 +33,15 @@ from tests.waiting import wait_for
 @dataclass(frozen=True)
 class Stack:
     """Where the servers are. `couchdb_user` is CouchDB's server admin (the tests' own view); the
-    sink logs in as `sink_user`, which stack.sh's `iot-couchdb-setup` made."""
+    sink logs in as `sink_user`, which stack.sh's `iot-couchdb-setup` made. `couchdb_metrics_url`
+    serves `/_node/_local/_prometheus` without login (CouchDB's `[prometheus] additional_port`),
+    "" where unknown."""
 
     bootstrap: str
     couchdb_url: str
     couchdb_user: str
     couchdb_password: str
+    couchdb_metrics_url: str = ""
     sink_user: str = "iot_sink"
     sink_password: str = "local-dev-only"
 

@@ -1,7 +1,8 @@
 """A broker and CouchDB of a test's own, which it may kill and restart at will.
 
 The shared stack of `make test` must never go down under other tests, so fault tests run
-`deploy/local/stack.sh` a second time, with their own run dir and free ports.
+`deploy/local/stack.sh` a second time, with their own run dir and free ports (CouchDB's metrics
+port too).
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ from tests.waiting import wait_for
 
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
 COMPONENTS = ("zookeeper", "kafka", "couchdb")
+PASSWORD = "private-test-only"
+
+
+def couch_env(run_dir: Path, port: int) -> dict[str, str]:
+    """stack.sh's settings for a CouchDB in RUN_DIR on PORT (and a free metrics port)."""
+    return {
+        "IOT_LOCAL_RUN_DIR": str(run_dir),
+        "IOT_LOCAL_COUCHDB_PORT": str(port),
+        "IOT_LOCAL_COUCHDB_METRICS_PORT": str(free_port()),
+        "IOT_LOCAL_COUCHDB_USER": "admin",
+        "IOT_LOCAL_COUCHDB_PASSWORD": PASSWORD,
+    }
 
 
 class PrivateStack:
@@ -27,18 +40,16 @@ class PrivateStack:
         self.run_dir = run_dir
         ports = {name: free_port() for name in COMPONENTS}
         self.env = {
-            "IOT_LOCAL_RUN_DIR": str(run_dir),
             "IOT_LOCAL_ZOOKEEPER_PORT": str(ports["zookeeper"]),
             "IOT_LOCAL_KAFKA_PORT": str(ports["kafka"]),
-            "IOT_LOCAL_COUCHDB_PORT": str(ports["couchdb"]),
-            "IOT_LOCAL_COUCHDB_USER": "admin",
-            "IOT_LOCAL_COUCHDB_PASSWORD": "private-test-only",
+            **couch_env(run_dir, ports["couchdb"]),
         }
         self.stack = Stack(
             bootstrap=f"127.0.0.1:{ports['kafka']}",
             couchdb_url=f"http://127.0.0.1:{ports['couchdb']}",
             couchdb_user="admin",
-            couchdb_password="private-test-only",
+            couchdb_password=PASSWORD,
+            couchdb_metrics_url=f"http://127.0.0.1:{self.env['IOT_LOCAL_COUCHDB_METRICS_PORT']}",
         )
 
     def start(self) -> None:
@@ -95,6 +106,34 @@ def _wait_gone(pid: int, timeout: float = 60) -> None:
             return True
 
     wait_for(f"process {pid} to exit", gone, timeout)
+
+
+class PrivateCouch:
+    """A CouchDB of the test's own (`stack.sh start couchdb` with its own run dir and port), set
+    up like the shared one (`iot-couchdb-setup`), that it may stop and start at will, keeping its
+    data."""
+
+    def __init__(self, stack: Stack, run_dir: Path) -> None:
+        port = free_port()
+        self.env = {**os.environ, **couch_env(run_dir, port)}
+        self.stack = Stack(stack.bootstrap, f"http://127.0.0.1:{port}", "admin", PASSWORD)
+
+    def start(self) -> None:
+        """Start it and wait until it answers (stack.sh waits)."""
+        subprocess.run([str(STACK_SCRIPT), "start", "couchdb"], env=self.env, check=True, timeout=300)
+
+    def stop(self) -> None:
+        subprocess.run([str(STACK_SCRIPT), "stop", "couchdb"], env=self.env, check=True, timeout=120)
+
+
+@contextmanager
+def private_couch(stack: Stack, run_dir: Path) -> Iterator[PrivateCouch]:
+    couch = PrivateCouch(stack, run_dir)
+    couch.start()
+    try:
+        yield couch
+    finally:
+        couch.stop()
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -73,15 +74,29 @@ def accuracy_of(cells: Cells) -> float:
     return sum(n for (truth, predicted), n in cells.items() if truth == predicted) / sum(cells.values())
 
 
-def start_prometheus(ports: dict[str, int], workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_prometheus(
+    ports: dict[str, int], couchdb_metrics_url: str, workdir: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Scraping the services on PORTS, and CouchDB's own endpoint, as job `couchdb` (the job name
+    the dashboard and the alert use)."""
     binary = shutil.which("prometheus")
     assert binary, "Prometheus is not installed: `make test` installs Debian's prometheus package"
+    assert couchdb_metrics_url, "set IOT_TEST_COUCHDB_METRICS_URL with IOT_TEST_COUCHDB_URL"
+    couchdb = urlsplit(couchdb_metrics_url)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERT_RULES)],
         "scrape_configs": [
             {"job_name": role, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
             for role, port in ports.items()
+        ]
+        + [
+            {
+                "job_name": "couchdb",
+                "scheme": couchdb.scheme,
+                "metrics_path": "/_node/_local/_prometheus",
+                "static_configs": [{"targets": [couchdb.netloc]}],
+            }
         ],
     }
     (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -145,7 +160,7 @@ def observed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     pipeline = Pipeline(stack, workdir)
     pipeline.prepare()
     ports = {role: free_port() for role in ROLES}
-    prometheus, url = start_prometheus(ports, workdir)
+    prometheus, url = start_prometheus(ports, stack.couchdb_metrics_url, workdir)
     try:
         wait_for("Prometheus", lambda: _ok(f"{url}/-/ready"), 60)
         services = {
@@ -226,9 +241,10 @@ def test_the_alert_rules_evaluate_on_the_real_series_and_a_dead_letter_fires(obs
         60,
         observed.pipeline.alive,
     )
-    assert len(observed.rules()) == 8
-    # Inference and sink are up: no IoTTargetDown.
+    assert len(observed.rules()) == 9
+    # Inference, the sink and CouchDB are up: no IoTTargetDown, no IoTCouchDBDown.
     assert observed.firing("IoTTargetDown", "job") == set()
+    assert observed.firing("IoTCouchDBDown", "job") == set()
     # A bad image now, dead-lettered by both services that read the topic (last in this module, as
     # it changes the counts above). Those sent at the start may have been counted before the
     # first scrape, where `increase` cannot see them; those seen fire too, for their own reasons.

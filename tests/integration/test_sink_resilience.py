@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +17,9 @@ from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_shared.settings import CouchSettings
 from iot_sink.documents import group_by_id
 from iot_sink.store import DocumentStore
+from tests.integration import private_stack
 from tests.integration.harness import Pipeline, Stack, random_images, wait_for
-from tests.integration.private_stack import STACK_SCRIPT
+from tests.integration.private_stack import PrivateCouch
 from tests.ports import free_port
 
 
@@ -63,35 +62,10 @@ def test_conflicting_writer_is_merged_not_overwritten(stack: Stack) -> None:
         stack.couch("DELETE", db)
 
 
-class PrivateCouch:
-    """A CouchDB of the test's own (`stack.sh start couchdb` with its own run dir and port) that
-    it may stop and start at will, keeping its data."""
-
-    def __init__(self, stack: Stack, workdir: Path) -> None:
-        port = free_port()
-        self.stack = Stack(stack.bootstrap, f"http://127.0.0.1:{port}", "admin", "private-test-only")
-        self.env = {
-            **os.environ,
-            "IOT_LOCAL_RUN_DIR": str(workdir),
-            "IOT_LOCAL_COUCHDB_PORT": str(port),
-            "IOT_LOCAL_COUCHDB_USER": self.stack.couchdb_user,
-            "IOT_LOCAL_COUCHDB_PASSWORD": self.stack.couchdb_password,
-        }
-
-    def start(self) -> None:
-        """Start it and wait until it answers (stack.sh waits)."""
-        subprocess.run([str(STACK_SCRIPT), "start", "couchdb"], env=self.env, check=True, timeout=300)
-
-    def stop(self) -> None:
-        subprocess.run([str(STACK_SCRIPT), "stop", "couchdb"], env=self.env, check=True, timeout=120)
-
-
 @pytest.fixture
 def private_couch(stack: Stack, tmp_path: Path) -> Iterator[PrivateCouch]:
-    couch = PrivateCouch(stack, tmp_path)
-    couch.start()
-    yield couch
-    couch.stop()
+    with private_stack.private_couch(stack, tmp_path) as couch:
+        yield couch
 
 
 def test_sink_rides_out_a_couchdb_outage_longer_than_its_poll_interval_without_losing_anything(
