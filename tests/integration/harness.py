@@ -46,13 +46,10 @@ class Stack:
     sink_password: str = "local-dev-only"
 
     def couch(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(
-            method,
-            f"{self.couchdb_url}/{path}",
-            auth=(self.couchdb_user, self.couchdb_password),
-            timeout=60,
-            **kwargs,
-        )
+        """A request to CouchDB, as the server admin unless `auth` says otherwise."""
+        auth = kwargs.pop("auth", (self.couchdb_user, self.couchdb_password))
+        timeout = kwargs.pop("timeout", 60)
+        return requests.request(method, f"{self.couchdb_url}/{path}", auth=auth, timeout=timeout, **kwargs)
 
 
 class Service:
