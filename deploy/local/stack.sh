@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The no-Docker local stack for `make run` and `make test`: ZooKeeper, one Kafka broker (ZooKeeper
 # mode, as on VM2) and Apache CouchDB (built from source by couchdb.sh), each a background process
-# with a pid file and a log in the run dir.
+# with a pid file and a log in the run dir. CouchDB may be a cluster of IOT_LOCAL_COUCHDB_NODES
+# nodes, node K on 127.0.0.K (couchdb, couchdb2, couchdb3, ...), all on the same ports.
 #
 #   stack.sh install | start [NAME...] | stop [NAME...] | status | clean   (README.md has the settings)
-# NAME: zookeeper, kafka or couchdb (default: all three).
+# NAME: zookeeper, kafka, couchdb or couchdbK (default: all of them).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +16,8 @@ ZOOKEEPER_PORT="${IOT_LOCAL_ZOOKEEPER_PORT:-2181}"
 KAFKA_PORT="${IOT_LOCAL_KAFKA_PORT:-9092}"
 COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
 COUCHDB_METRICS_PORT="${IOT_LOCAL_COUCHDB_METRICS_PORT:-17986}"
+COUCHDB_NODES="${IOT_LOCAL_COUCHDB_NODES:-1}"
+COUCHDB_DIST_PORT="${IOT_LOCAL_COUCHDB_DIST_PORT:-9100}" # Erlang distribution between the nodes
 COUCH_USER="${IOT_LOCAL_COUCHDB_USER:-admin}"
 COUCH_PASSWORD="${IOT_LOCAL_COUCHDB_PASSWORD:-local-dev-only}"
 SINK_PASSWORD="${IOT_LOCAL_COUCHDB_SINK_PASSWORD:-local-dev-only}"
@@ -24,7 +27,12 @@ START_TIMEOUT="${IOT_LOCAL_START_TIMEOUT:-120}"
 STOP_TIMEOUT=30
 LIBS="$HERE/.kafka/libs"
 COUCHDB_RELEASE="$HERE/.couchdb"
+[[ "$COUCHDB_NODES" =~ ^[1-9]$ ]] || {
+  echo "stack: IOT_LOCAL_COUCHDB_NODES must be 1 to 9 (a cluster keeps 3 copies), not '$COUCHDB_NODES'" >&2
+  exit 2
+}
 SERVICES=(zookeeper kafka couchdb) # start order; stop goes in reverse
+for ((k = 2; k <= COUCHDB_NODES; k++)); do SERVICES+=("couchdb$k"); done
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() {
@@ -66,17 +74,28 @@ port_of() {
   case "$1" in
     zookeeper) echo "$ZOOKEEPER_PORT" ;;
     kafka) echo "$KAFKA_PORT" ;;
-    couchdb) echo "$COUCHDB_PORT" ;;
+    couchdb*) echo "$COUCHDB_PORT" ;;
   esac
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# node_of couchdbK: K (couchdb is node 1); ip_of NAME: the loopback address NAME listens on.
+node_of() { echo "${1#couchdb}" | sed 's/^$/1/'; }
+ip_of() { if [[ "$1" == couchdb* ]]; then echo "127.0.0.$(node_of "$1")"; else echo 127.0.0.1; fi; }
+couch_url() { echo "http://$(ip_of "$1"):$COUCHDB_PORT"; } # couch_url NAME
+couch_node_name() { echo "couchdb-$COUCHDB_PORT@$(ip_of "$1")"; } # its Erlang node name
+couch_urls() { # every node's URL, separated by commas: IOT_COUCHDB_URL of the services
+  local k urls="$(couch_url couchdb)"
+  for ((k = 2; k <= COUCHDB_NODES; k++)); do urls+=",$(couch_url "couchdb$k")"; done
+  echo "$urls"
+}
 
-# port_free PORT: true once nothing listens on PORT. A process killed with -9 (a JVM above all)
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; } # port_open PORT [IP]
+
+# port_free PORT [IP]: true once nothing listens on PORT. A process killed with -9 (a JVM above all)
 # can hold its port for a few seconds while the kernel tears it down, so wait a little first.
 port_free() {
   local deadline=$((SECONDS + 15))
-  while port_open "$1"; do
+  while port_open "$1" "${2:-127.0.0.1}"; do
     ((SECONDS < deadline)) || return 1
     sleep 0.2
   done
@@ -91,9 +110,15 @@ broker_registered() { [[ "$(zk_4lw dump)" == *"/brokers/ids/0"* ]]; }
 kafka_ok() { # the port opens before the broker serves; the log line comes after it does
   port_open "$KAFKA_PORT" && grep -q 'started (kafka.server.KafkaServer)' "$RUN_DIR/kafka.log" 2>/dev/null
 }
-couchdb_ok() { # /_up answers once it serves; the admin's request proves the run dir's ini took
-  curl -fs -m 5 -o /dev/null "http://127.0.0.1:$COUCHDB_PORT/_up" &&
-    curl -fs -m 5 -o /dev/null -u "$COUCH_USER:$COUCH_PASSWORD" "http://127.0.0.1:$COUCHDB_PORT/_all_dbs"
+couch_node_ok() { # couch_node_ok NAME: /_up answers once it serves; the admin's request proves the ini took
+  curl -fs -m 5 -o /dev/null "$(couch_url "$1")/_up" &&
+    curl -fs -m 5 -o /dev/null -u "$COUCH_USER:$COUCH_PASSWORD" "$(couch_url "$1")/_all_dbs"
+}
+ok() { # ok NAME: NAME's health check
+  case "$1" in
+    couchdb*) couch_node_ok "$1" ;;
+    *) "${1}_ok" ;;
+  esac
 }
 
 show_log() {
@@ -107,7 +132,7 @@ show_log() {
 # yet (CouchDB's start script runs a while before its Erlang VM).
 wait_for() {
   local name="$1" deadline=$((SECONDS + START_TIMEOUT))
-  until "${name}_ok"; do
+  until ok "$name"; do
     if ! alive "$(pid_of "$name")"; then
       log "$name exited"
       show_log "$name"
@@ -188,35 +213,74 @@ PROPS
   launch_java kafka 512m kafka.Kafka "$RUN_DIR/server.properties"
 }
 
-launch_couchdb() {
-  local data="$RUN_DIR/couchdb"
+# once FILE: a random token kept in the run dir, the same for every node of the cluster.
+once() {
+  [[ -s "$RUN_DIR/$1" ]] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$RUN_DIR/$1"
+  cat "$RUN_DIR/$1"
+}
+
+launch_couchdb() { # launch_couchdb NAME: node NAME (couchdb or couchdbK) of the CouchDB cluster
+  local name="$1" ip data="$RUN_DIR/$1"
+  ip="$(ip_of "$name")"
   mkdir -p "$data"
   # CouchDB hashes the admin's password into the last ini file it was given, so that file is
-  # the run dir's own, written fresh each start.
-  cat >"$RUN_DIR/couchdb.ini" <<INI
+  # the run dir's own, written fresh each start. The nodes of a cluster share uuid and secret.
+  cat >"$RUN_DIR/$name.ini" <<INI
 [couchdb]
 database_dir = $data
 view_index_dir = $data
-single_node = true
+uuid = $(once couchdb.uuid)
+single_node = $( ((COUCHDB_NODES == 1)) && echo true || echo false)
 [cluster]
-n = 1
+n = $((COUCHDB_NODES < 3 ? COUCHDB_NODES : 3))
 [chttpd]
-bind_address = 127.0.0.1
+bind_address = $ip
 port = $COUCHDB_PORT
+[chttpd_auth]
+secret = $(once couchdb.secret)
 [prometheus]
 additional_port = true
-bind_address = 127.0.0.1
+bind_address = $ip
 port = $COUCHDB_METRICS_PORT
 [admins]
 $COUCH_USER = $COUCH_PASSWORD
 INI
   # Erlang distribution without epmd (no daemon outlives the stack, and private stacks beside
-  # this one cannot clash on a node name): one node needs no peers, so it listens on any port.
-  sed -e "s/^-name .*/-name couchdb-$COUCHDB_PORT@127.0.0.1/" "$COUCHDB_RELEASE/etc/vm.args" >"$RUN_DIR/vm.args"
-  printf '%s\n' "-setcookie $(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" "-start_epmd false" "-erl_epmd_port 0" \
-    >>"$RUN_DIR/vm.args"
-  COUCHDB_ARGS_FILE="$RUN_DIR/vm.args" COUCHDB_INI_FILES="$COUCHDB_RELEASE/etc/default.ini $RUN_DIR/couchdb.ini" \
-    launch couchdb "$COUCHDB_RELEASE/bin/couchdb"
+  # this one cannot clash on a node name): one node needs no peers, so it listens on any port;
+  # the nodes of a cluster each listen on their own address, all on COUCHDB_DIST_PORT, where
+  # they find each other.
+  sed -e "s/^-name .*/-name $(couch_node_name "$name")/" "$COUCHDB_RELEASE/etc/vm.args" >"$RUN_DIR/$name.vm.args"
+  printf '%s\n' "-setcookie $(once couchdb.cookie)" "-start_epmd false" >>"$RUN_DIR/$name.vm.args"
+  if ((COUCHDB_NODES == 1)); then
+    echo "-erl_epmd_port 0" >>"$RUN_DIR/$name.vm.args"
+  else
+    printf '%s\n' "-erl_epmd_port $COUCHDB_DIST_PORT" "-kernel inet_dist_use_interface {${ip//./,}}" \
+      >>"$RUN_DIR/$name.vm.args"
+  fi
+  COUCHDB_ARGS_FILE="$RUN_DIR/$name.vm.args" COUCHDB_INI_FILES="$COUCHDB_RELEASE/etc/default.ini $RUN_DIR/$name.ini" \
+    launch "$name" "$COUCHDB_RELEASE/bin/couchdb"
+}
+
+# The nodes join node 1's cluster (CouchDB's manual cluster setup: a document per node in
+# _nodes), which then makes the system databases; idempotent (409 and 412: already done).
+join_couchdb_cluster() {
+  local k name admin=(-u "$COUCH_USER:$COUCH_PASSWORD") url db
+  url="$(couch_url couchdb)"
+  for ((k = 2; k <= COUCHDB_NODES; k++)); do
+    curl -s -m 10 -o /dev/null -w '%{http_code}' "${admin[@]}" -X PUT -d '{}' \
+      "$url/_node/_local/_nodes/$(couch_node_name "couchdb$k")" | grep -qE '^(201|202|409)$' ||
+      die "couchdb$k could not join the cluster of $url"
+  done
+  local deadline=$((SECONDS + START_TIMEOUT))
+  until [[ "$(curl -s -m 5 "${admin[@]}" "$url/_membership" |
+    python3 -c 'import json,sys; m=json.load(sys.stdin); print(len(set(m["all_nodes"]) & set(m["cluster_nodes"])))')" == "$COUCHDB_NODES" ]]; do
+    ((SECONDS < deadline)) || die "the CouchDB nodes did not connect within ${START_TIMEOUT}s ($url/_membership)"
+    sleep 0.2
+  done
+  for db in _users _replicator; do
+    curl -s -m 30 -o /dev/null -w '%{http_code}' "${admin[@]}" -X PUT "$url/$db" | grep -qE '^(201|202|412)$' ||
+      die "could not make $db on the CouchDB cluster"
+  done
 }
 
 # The pipeline's database and least-privilege users (iot_sink writes, iot_reader reads), made by
@@ -226,7 +290,7 @@ setup_couchdb() {
     log "no $SETUP yet (make install makes it): CouchDB has no pipeline users"
     return 0
   fi
-  IOT_COUCHDB_URL="http://127.0.0.1:$COUCHDB_PORT" IOT_COUCHDB_USER="$COUCH_USER" \
+  IOT_COUCHDB_URL="$(couch_urls)" IOT_COUCHDB_USER="$COUCH_USER" \
     IOT_COUCHDB_PASSWORD="$COUCH_PASSWORD" IOT_COUCHDB_SINK_PASSWORD="$SINK_PASSWORD" \
     IOT_COUCHDB_READER_PASSWORD="$READER_PASSWORD" IOT_LOG_LEVEL=WARNING "$SETUP" ||
     die "iot-couchdb-setup failed against the local CouchDB"
@@ -234,34 +298,42 @@ setup_couchdb() {
 
 # ---- commands --------------------------------------------------------------------------------
 
-healthy() { running "$1" && "${1}_ok"; }
+healthy() { running "$1" && ok "$1"; }
 
-# start [NAME...]: the named servers (all by default, in start order) that are not running.
+# start [NAME...]: the named servers (all by default, in start order) that are not running. Once
+# node 1 of CouchDB is among them, the nodes form their cluster and the pipeline's database and
+# users are made (both idempotent).
 start() {
   install
   mkdir -p "$RUN_DIR"
-  local name port started=0 names=("$@")
+  local name ip port started=0 names=("$@")
   ((${#names[@]})) || names=("${SERVICES[@]}")
   for name in "${names[@]}"; do
     if ! running "$name"; then
-      port="$(port_of "$name")"
-      port_free "$port" || die "port $port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
-      if [[ "$name" == couchdb ]]; then
-        port_free "$COUCHDB_METRICS_PORT" ||
-          die "port $COUCHDB_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_METRICS_PORT"
+      port="$(port_of "$name")" ip="$(ip_of "$name")"
+      port_free "$port" "$ip" || die "port $ip:$port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
+      if [[ "$name" == couchdb* ]]; then
+        port_free "$COUCHDB_METRICS_PORT" "$ip" ||
+          die "port $ip:$COUCHDB_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_METRICS_PORT"
+        log "starting $name on $ip:$port"
+        launch_couchdb "$name"
+      else
+        log "starting $name on $ip:$port"
+        "launch_$name"
       fi
-      log "starting $name on 127.0.0.1:$port"
-      "launch_$name"
       started=1
     fi
     wait_for "$name" || die "$name did not start; \`$0 stop\` stops what did"
-    if [[ "$name" == couchdb ]]; then setup_couchdb; fi
   done
+  if [[ " ${names[*]} " == *" couchdb "* ]]; then
+    ((COUCHDB_NODES == 1)) || join_couchdb_cluster
+    setup_couchdb
+  fi
   ((started)) || log "already running and healthy"
   if (($# == 0)); then
     echo "Kafka bootstrap server: 127.0.0.1:$KAFKA_PORT"
-    echo "CouchDB: http://127.0.0.1:$COUCHDB_PORT (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
-    echo "CouchDB's metrics: http://127.0.0.1:$COUCHDB_METRICS_PORT/_node/_local/_prometheus"
+    echo "CouchDB: $(couch_urls) (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
+    echo "CouchDB's metrics: http://127.0.0.1:$COUCHDB_METRICS_PORT/_node/_local/_prometheus (each node on its address)"
     echo "Logs: $RUN_DIR/{zookeeper,kafka,couchdb}.log"
   fi
 }
@@ -297,9 +369,9 @@ status() { # exit 0 when all are running and answering, 3 otherwise
   local name all=0
   for name in "${SERVICES[@]}"; do
     if healthy "$name"; then
-      echo "$name: running (pid $(pid_of "$name"), 127.0.0.1:$(port_of "$name"))"
+      echo "$name: running (pid $(pid_of "$name"), $(ip_of "$name"):$(port_of "$name"))"
     elif running "$name"; then
-      echo "$name: running (pid $(pid_of "$name")) but not answering on 127.0.0.1:$(port_of "$name")"
+      echo "$name: running (pid $(pid_of "$name")) but not answering on $(ip_of "$name"):$(port_of "$name")"
       all=3
     else
       echo "$name: stopped"

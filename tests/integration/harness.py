@@ -35,13 +35,21 @@ class Stack:
     """Where the servers are. `couchdb_user` is CouchDB's server admin (the tests' own view); the
     sink logs in as `sink_user`, which stack.sh's `iot-couchdb-setup` made. `couchdb_metrics_url`
     serves `/_node/_local/_prometheus` without login (CouchDB's `[prometheus] additional_port`),
-    "" where unknown."""
+    "" where unknown. A CouchDB cluster is reached through `couchdb_url`, its first node, by the
+    tests, and through every node's URL (`couchdb_nodes`) by the services."""
 
     bootstrap: str
     couchdb_url: str
     couchdb_user: str
     couchdb_password: str
     couchdb_metrics_url: str = ""
+    couchdb_nodes: tuple[str, ...] = ()
+
+    @property
+    def service_couchdb_url(self) -> str:
+        """IOT_COUCHDB_URL for the services: every node of a cluster, separated by commas."""
+        return ",".join(self.couchdb_nodes) or self.couchdb_url
+
     sink_user: str = "iot_sink"
     sink_password: str = "local-dev-only"
 
@@ -140,7 +148,7 @@ class Pipeline:
             "IOT_IMAGES_TOPIC": self.images_topic,
             "IOT_PREDICTIONS_TOPIC": self.predictions_topic,
             "IOT_DLQ_TOPIC": self.dlq_topic,
-            "IOT_COUCHDB_URL": self.stack.couchdb_url,
+            "IOT_COUCHDB_URL": self.stack.service_couchdb_url,
             "IOT_COUCHDB_USER": self.stack.sink_user,
             "IOT_COUCHDB_PASSWORD": self.stack.sink_password,
             "IOT_COUCHDB_DB": self.db,
@@ -237,6 +245,24 @@ class Pipeline:
         for value in values:
             producer.produce(topic, value=value, key=key)
         assert producer.flush(30) == 0
+
+    def audit(self, *args: str, **env: str) -> tuple[int, str, str]:
+        """`iot-audit ARGS` of this pipeline (ENV overrides its settings): exit code, stdout, stderr."""
+        result = subprocess.run(
+            [sys.executable, "-m", "iot_sink.audit", *args],
+            env={**os.environ, **self.env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return result.returncode, result.stdout, result.stderr
+
+    def audit_report(self, **env: str) -> dict[str, Any]:
+        """`iot-audit --json`'s report, whether or not it found problems."""
+        code, out, err = self.audit("--json", **env)
+        assert code in (0, 1), err
+        report: dict[str, Any] = json.loads(out)
+        return report
 
     def read_topic(self, topic: str, count: int, timeout: float = 60) -> list[Any]:
         consumer = Consumer(

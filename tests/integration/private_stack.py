@@ -111,24 +111,43 @@ def _wait_gone(pid: int, timeout: float = 60) -> None:
 class PrivateCouch:
     """A CouchDB of the test's own (`stack.sh start couchdb` with its own run dir and port), set
     up like the shared one (`iot-couchdb-setup`), that it may stop and start at will, keeping its
-    data."""
+    data. With NODES > 1, a cluster: node K (`couchdbK`, node 1 is `couchdb`) on 127.0.0.K."""
 
-    def __init__(self, stack: Stack, run_dir: Path) -> None:
+    def __init__(self, stack: Stack, run_dir: Path, nodes: int = 1) -> None:
         port = free_port()
-        self.env = {**os.environ, **couch_env(run_dir, port)}
-        self.stack = Stack(stack.bootstrap, f"http://127.0.0.1:{port}", "admin", PASSWORD)
+        self.run_dir = run_dir
+        self.names = ["couchdb", *(f"couchdb{k}" for k in range(2, nodes + 1))]
+        self.env = {
+            **os.environ,
+            **couch_env(run_dir, port),
+            "IOT_LOCAL_COUCHDB_NODES": str(nodes),
+            "IOT_LOCAL_COUCHDB_DIST_PORT": str(free_port()),
+        }
+        urls = tuple(f"http://127.0.0.{k}:{port}" for k in range(1, nodes + 1))
+        self.stack = Stack(
+            stack.bootstrap, urls[0], "admin", PASSWORD, couchdb_nodes=urls if nodes > 1 else ()
+        )
 
-    def start(self) -> None:
-        """Start it and wait until it answers (stack.sh waits)."""
-        subprocess.run([str(STACK_SCRIPT), "start", "couchdb"], env=self.env, check=True, timeout=300)
+    def start(self, *names: str) -> None:
+        """Start the named nodes (all by default) and wait until they answer (stack.sh waits)."""
+        self._script("start", *(names or self.names))
 
-    def stop(self) -> None:
-        subprocess.run([str(STACK_SCRIPT), "stop", "couchdb"], env=self.env, check=True, timeout=120)
+    def stop(self, *names: str) -> None:
+        self._script("stop", *(names or self.names))
+
+    def kill(self, name: str) -> None:
+        """`kill -9` one node: a crash, with no clean shutdown."""
+        pid = int((self.run_dir / f"{name}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+
+    def _script(self, *args: str) -> None:
+        subprocess.run([str(STACK_SCRIPT), *args], env=self.env, check=True, timeout=300)
 
 
 @contextmanager
-def private_couch(stack: Stack, run_dir: Path) -> Iterator[PrivateCouch]:
-    couch = PrivateCouch(stack, run_dir)
+def private_couch(stack: Stack, run_dir: Path, nodes: int = 1) -> Iterator[PrivateCouch]:
+    couch = PrivateCouch(stack, run_dir, nodes)
     couch.start()
     try:
         yield couch

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 from tests.integration.harness import Pipeline
 
 
-def audit(pipeline: Pipeline, *args: str) -> tuple[int, str, str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "iot_sink.audit", *args],
-        env={**os.environ, **pipeline.env()},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return result.returncode, result.stdout, result.stderr
-
-
 def audit_json(pipeline: Pipeline) -> tuple[int, dict[str, Any]]:
-    code, out, err = audit(pipeline, "--json")
+    code, out, err = pipeline.audit("--json")
     assert code in (0, 1), err
     return code, json.loads(out)
 
@@ -55,14 +41,14 @@ def test_audit_finds_nothing_lost_then_exactly_the_deleted_document(pipeline: Pi
     assert report["complete"] == 19
 
     # The table for people says the same.
-    code, out, _err = audit(pipeline)
+    code, out, _err = pipeline.audit()
     assert code == 1
     assert victim in out and "PROBLEMS: lost 1" in out
 
 
 def test_audit_of_an_unknown_topic_exits_3(pipeline: Pipeline) -> None:
-    code, _out, err = audit(
-        pipeline, "--images-topic", f"{pipeline.name}-nonexistent", "--kafka-timeout-seconds", "10"
+    code, _out, err = pipeline.audit(
+        "--images-topic", f"{pipeline.name}-nonexistent", "--kafka-timeout-seconds", "10"
     )
     assert code == 3
     assert "not found" in err

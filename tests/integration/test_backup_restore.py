@@ -4,10 +4,6 @@ restore goes into a database `iot-couchdb-setup` made, and `iot-audit` finds not
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,28 +37,6 @@ def revisions(stack: Stack, db: str) -> dict[str, str]:
     """Each document's winning revision, design documents included."""
     rows = stack.couch("GET", f"{db}/_all_docs").json()["rows"]
     return {row["id"]: row["value"]["rev"] for row in rows}
-
-
-def audit(pipeline: Pipeline, couch: Stack, db: str) -> dict[str, Any]:
-    """`iot-audit --json` of the pipeline's topics against DB on COUCH, read as iot_reader."""
-    env = {
-        **os.environ,
-        **pipeline.env(),
-        "IOT_COUCHDB_URL": couch.couchdb_url,
-        "IOT_COUCHDB_USER": READER[0],
-        "IOT_COUCHDB_PASSWORD": READER[1],
-        "IOT_COUCHDB_DB": db,
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "iot_sink.audit", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode in (0, 1), result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
 
 
 @pytest.fixture
@@ -102,7 +76,12 @@ def test_a_backup_restored_into_an_empty_couchdb_loses_nothing(
     )
     assert revisions(new, "img_db") == stored
 
-    report = audit(pipeline, new, "img_db")
+    report = pipeline.audit_report(
+        IOT_COUCHDB_URL=new.couchdb_url,
+        IOT_COUCHDB_USER=READER[0],
+        IOT_COUCHDB_PASSWORD=READER[1],
+        IOT_COUCHDB_DB="img_db",
+    )
     assert report["lost"]["count"] == report["extra"]["count"] == 0, report
     assert (report["produced"], report["complete"], report["documents"]) == (IMAGES, IMAGES, IMAGES)
     # The images themselves came along: the attachments' digests are the original's.

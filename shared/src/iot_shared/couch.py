@@ -1,16 +1,61 @@
-"""CouchDB through the official ibmcloudant SDK: an authenticated client and database setup."""
+"""CouchDB through the official ibmcloudant SDK: an authenticated client and database setup.
+
+A client may know several URLs, the nodes of one CouchDB cluster, any of which serves every
+request: when the node in use cannot be reached, the request goes to the next one, which is
+kept for the requests after it.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
-from ibm_cloud_sdk_core import ApiException
+import requests
+from ibm_cloud_sdk_core import ApiException, DetailedResponse
 from ibm_cloud_sdk_core.authenticators import BasicAuthenticator
 from ibmcloudant.cloudant_v1 import CloudantV1
 
-from iot_shared.settings import CouchSettings
+from iot_shared.settings import CouchSettings, node_urls
 
 log = logging.getLogger(__name__)
+
+
+class NodesClient(CloudantV1):  # type: ignore[misc]  # the SDK has no type hints
+    """A CloudantV1 that fails over between the nodes of a cluster.
+
+    Only a request that reached no node (connection refused or reset, time-out) goes to the next
+    one; an answer, even an error, is the cluster's answer. A write retried this way may have
+    reached the first node after all; the sink resolves the conflict that follows like any other.
+    """
+
+    def __init__(self, urls: Sequence[str], authenticator: BasicAuthenticator) -> None:
+        if not urls:
+            raise ValueError("no CouchDB URL")
+        super().__init__(authenticator=authenticator)
+        self.nodes = list(urls)
+        self.set_service_url(self.nodes[0])
+
+    def send(self, request: Any, **kwargs: Any) -> DetailedResponse:
+        for tries_left in reversed(range(len(self.nodes))):
+            try:
+                return super().send(request, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if not tries_left:
+                    raise
+                request = self._next_node(request, exc)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _next_node(self, request: Any, exc: Exception) -> Any:
+        failed = self.service_url
+        self.set_service_url(self.nodes[(self.nodes.index(failed) + 1) % len(self.nodes)])
+        log.warning(
+            "CouchDB node %s did not answer (%s); going on with %s",
+            failed,
+            type(exc).__name__,
+            self.service_url,
+        )
+        return {**request, "url": self.service_url + request["url"][len(failed) :]}
 
 
 def make_client(settings: CouchSettings, timeout: float = 30.0) -> CloudantV1:
@@ -21,8 +66,8 @@ def make_client(settings: CouchSettings, timeout: float = 30.0) -> CloudantV1:
 
 
 def client_for(url: str, user: str, password: str, timeout: float = 30.0) -> CloudantV1:
-    client = CloudantV1(authenticator=BasicAuthenticator(user, password))
-    client.set_service_url(url.rstrip("/"))
+    """A client of the server at URL, or of the cluster whose nodes' URLs it lists (commas)."""
+    client = NodesClient(node_urls(url), BasicAuthenticator(user, password))
     client.set_http_config({"timeout": timeout})
     return client
 

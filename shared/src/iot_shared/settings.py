@@ -111,11 +111,25 @@ class CouchSettings(ServiceSettings):
     """Settings of a service that also talks to CouchDB."""
 
     couchdb_url: str = Field(
-        "http://localhost:5984", min_length=1, description="CouchDB (or CouchDB-API) server URL"
+        "http://localhost:5984",
+        min_length=1,
+        pattern=r"^\s*https?://[^,\s]+(\s*,\s*https?://[^,\s]+)*\s*$",
+        description="CouchDB server URL; for a cluster, its nodes' URLs separated by commas (a node "
+        "that cannot be reached is left for the next)",
     )
     couchdb_user: str = Field("admin", min_length=1, description="CouchDB user")
     couchdb_password: SecretStr = Field(SecretStr(""), description="CouchDB password (never logged)")
     couchdb_db: str = Field("img_db", min_length=1, description="Database of image documents")
+
+    @property
+    def couchdb_urls(self) -> list[str]:
+        """The URLs in `couchdb_url`, without trailing slashes."""
+        return node_urls(self.couchdb_url)
+
+
+def node_urls(value: str) -> list[str]:
+    """A CouchDB URL, or several separated by commas (a cluster's nodes), as a list."""
+    return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
 
 
 def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | None = None) -> S:

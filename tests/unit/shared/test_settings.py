@@ -48,6 +48,21 @@ def test_bad_values_name_the_variable(
         load_settings(InferenceSettings, [])
 
 
+def test_couchdb_url_may_list_the_nodes_of_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOT_COUCHDB_URL", "http://vm4:5984/, http://vm5:5984,https://vm6:6984")
+    settings = load_settings(SinkSettings, [])
+    assert settings.couchdb_urls == ["http://vm4:5984", "http://vm5:5984", "https://vm6:6984"]
+
+
+@pytest.mark.parametrize(
+    "value", ["vm4:5984", "http://vm4:5984,,http://vm5:5984", "http://vm4:5984, vm5:5984"]
+)
+def test_a_couchdb_url_without_its_scheme_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("IOT_COUCHDB_URL", value)
+    with pytest.raises(ConfigError, match="IOT_COUCHDB_URL"):
+        load_settings(SinkSettings, [])
+
+
 def test_rate_overrides_interval() -> None:
     assert load_settings(ProducerSettings, ["--rate", "4"]).seconds_between_images == 0.25
     assert load_settings(ProducerSettings, ["--rate", "0"]).seconds_between_images == 0.0
