@@ -223,13 +223,13 @@ class Render:
 
 
 def render_site(
-    home: Path, out: Path, extra_vars: dict[str, Any], *more: str
+    home: Path, out: Path, extra_vars: dict[str, Any], *more: str, inventory: Path = INVENTORY
 ) -> subprocess.CompletedProcess[str]:
     return run(
         [
             tool("ansible-playbook"),
             "-i",
-            str(INVENTORY),
+            str(inventory),
             str(SITE),
             "-e",
             json.dumps({"iot_render_only": True, "iot_render_dir": str(out), **extra_vars}),
@@ -791,7 +791,7 @@ def test_grafana_can_be_switched_off(varied: Render, inventory: Inventory) -> No
     files = varied.files(host)
     assert not [f for f in files if "grafana" in f], sorted(files)
     assert "/etc/systemd/system/prometheus.service" in files
-    assert set(firewall_ports(varied, host)) == {22, 8003, 5984, 9090}
+    assert set(firewall_ports(varied, host)) == {22, 8003, 5984, 17986, 9090}
 
 
 def test_images_can_come_from_a_plain_http_registry(varied: Render, inventory: Inventory) -> None:
@@ -815,3 +815,94 @@ def test_the_role_locks_img_db_down_as_iot_couchdb_setup_does() -> None:
     assert role["couchdb_validate_doc_update"] == couch_setup.VALIDATE_DOC_UPDATE
     users = yaml.safe_load((ANSIBLE / "group_vars" / "couchdb.yml").read_text())["couchdb_users"]
     assert [u["role"] for u in users] == [couch_setup.WRITER_ROLE, couch_setup.READER_ROLE]
+
+
+# --- a CouchDB cluster ---------------------------------------------------------------------
+
+COUCHDB_NODES = {"vm4": "10.0.0.14", "vm5": "10.0.0.15", "vm6": "10.0.0.16"}
+COOKIE = "cookie0123456789abcdef"
+
+
+def cluster_inventory(path: Path, couchdb_hosts: list[str]) -> Path:
+    """The example inventory with its [couchdb] group made of COUCHDB_HOSTS (vm4 is the sink)."""
+    text = INVENTORY.read_text().replace("[couchdb:children]\nsink\n", "")
+    lines = ["[couchdb]"] + [
+        h if h == "vm4" else f"{h} ansible_host=203.0.113.{a.rsplit('.', 1)[1]} iot_address={a}"
+        for h, a in COUCHDB_NODES.items()
+        if h in couchdb_hosts
+    ]
+    path.write_text(text + "\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def clustered(ansible_home: Path, tmp_path_factory: pytest.TempPathFactory, secret_values: Secrets) -> Render:
+    """The example inventory with three CouchDB VMs (vm4, the sink's, and vm5, vm6)."""
+    out = tmp_path_factory.mktemp("clustered")
+    inventory = cluster_inventory(out / "inventory.ini", list(COUCHDB_NODES))
+    extra = {
+        **secret_values.extra_vars,
+        "iot_controller_address": CONTROLLER,
+        "vault_couchdb_erlang_cookie": COOKIE,
+    }
+    result = render_site(ansible_home, out / "render", extra, inventory=inventory)
+    assert result.returncode == 0, output(result)
+    return Render(out / "render", result.stdout + result.stderr)
+
+
+def test_a_couchdb_cluster_keeps_three_copies_and_the_sink_knows_every_node(
+    clustered: Render, inventory: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = list(COUCHDB_NODES.values())
+    public = read_env_file(clustered.file("vm4", "/etc/iot/sink/sink.env"))
+    monkeypatch.setenv("IOT_COUCHDB_URL", public["IOT_COUCHDB_URL"])
+    # In the inventory's order: the first is the one the sink uses while it answers.
+    assert load_settings(SinkSettings, []).couchdb_urls == [f"http://{a}:5984" for a in nodes]
+    for host, address in COUCHDB_NODES.items():
+        ini = clustered.file(host, "/etc/iot/couchdb/couchdb.ini").read_text()
+        assert "single_node = false" in ini and "n = 3" in ini, host
+        unit = clustered.file(host, "/etc/systemd/system/couchdb.service").read_text()
+        assert f"--env NODENAME={address}" in " ".join(exec_starts(unit)[0]), host
+        secret = read_env_file(clustered.file(host, "/etc/iot/couchdb/secrets.env"))
+        assert secret["COUCHDB_ERLANG_COOKIE"] == COOKIE, host
+        assert COOKIE not in unit and COOKIE not in ini
+    config = yaml.safe_load(clustered.file("vm4", "/etc/iot/prometheus/prometheus.yml").read_text())
+    [couchdb] = [job for job in config["scrape_configs"] if job["job_name"] == "couchdb"]
+    assert sorted(couchdb["static_configs"][0]["targets"]) == sorted(f"{a}:17986" for a in nodes)
+
+
+def test_the_cluster_nodes_reach_each_other_and_no_one_else_reaches_erlang(
+    clustered: Render, inventory: Inventory
+) -> None:
+    nodes = set(COUCHDB_NODES.values())
+    sink, monitoring = inventory.address("sink"), inventory.address("monitoring")
+    for host in COUCHDB_NODES:
+        ports = firewall_ports(clustered, host)
+        assert rule_sources(ports[5984]) == nodes | {sink, CONTROLLER}, host
+        assert rule_sources(ports[4369]) == rule_sources(ports[9100]) == nodes, host
+        assert rule_sources(ports[17986]) == {monitoring, CONTROLLER}, host
+    # A single node opens no Erlang port.
+    assert not {4369, 9100} & set(firewall_ports(clustered, "vm1"))
+
+
+@pytest.mark.parametrize(
+    ("couchdb_hosts", "cookie", "message"),
+    [
+        (["vm4", "vm5"], COOKIE, "2 nodes cannot lose one"),
+        (list(COUCHDB_NODES), "CHANGE-ME-couchdb-erlang-cookie", "vault.example.yml"),
+    ],
+    ids=["two-nodes", "placeholder-cookie"],
+)
+def test_a_cluster_of_two_or_without_a_cookie_is_refused(
+    ansible_home: Path,
+    tmp_path: Path,
+    secret_values: Secrets,
+    couchdb_hosts: list[str],
+    cookie: str,
+    message: str,
+) -> None:
+    inventory = cluster_inventory(tmp_path / "inventory.ini", couchdb_hosts)
+    extra = {**secret_values.extra_vars, "vault_couchdb_erlang_cookie": cookie}
+    result = render_site(ansible_home, tmp_path / "render", extra, inventory=inventory)
+    assert result.returncode != 0, output(result)
+    assert message in result.stdout, output(result)

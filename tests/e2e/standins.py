@@ -19,8 +19,10 @@ couchdb (for `couchdb:3.5.0`): Apache CouchDB 3.5.0 itself, the release `make in
     `/opt/couchdb/data` (a VOLUME), `etc/local.d/*.ini` read after `default.d/`, the image's
     `default.d/10-docker-default.ini` binding every interface, port 5984.
   - `/docker-entrypoint.sh` (standin-files/couchdb/) writes the admin from `COUCHDB_USER` /
-    `COUCHDB_PASSWORD` and `COUCHDB_SECRET` into `local.d/docker.ini` once, and `NODENAME` into
-    `vm.args`; it refuses to start with no admin, as CouchDB 3 does. `ERL_FLAGS` is ignored.
+    `COUCHDB_PASSWORD` and `COUCHDB_SECRET` into `local.d/docker.ini` once, `NODENAME` into
+    `vm.args` and `COUCHDB_ERLANG_COOKIE` into `.erlang.cookie`; it refuses to start with no
+    admin, as CouchDB 3 does. `ERL_FLAGS` is ignored. `vm.args` is the official image's: no node
+    name without `NODENAME`, Erlang distribution on port 9100.
   - No Fauxton (`/_utils`): the build leaves the web UI out (it needs a browser build).
   - Runs as `couchdb` (uid and gid 5984) from the start (no root entry point and gosu); PID 1 is
     CouchDB's Erlang VM (no tini), which starts its own epmd.
@@ -121,6 +123,11 @@ COUCHDB: Final = StandIn(
         'mkdir -p "$1/opt/couchdb"',  # sync-in copies into a folder that exists
         f"sync-in {COUCHDB_RELEASE} /opt/couchdb",
         'rm -f "$1/opt/couchdb/.recipe.sha256"',
+        # The official image's vm.args: no node name (the entry point adds NODENAME's), Erlang
+        # distribution on every interface, on port 9100.
+        "sed -i -e '/^-name /d' -e '/inet_dist_use_interface/d' \"$1/opt/couchdb/etc/vm.args\"",
+        "printf -- '-kernel inet_dist_listen_min 9100\\n-kernel inet_dist_listen_max 9100\\n'"
+        ' >>"$1/opt/couchdb/etc/vm.args"',
         'mkdir -p "$1/opt/couchdb/data"',
         f"copy-in {FILES / 'couchdb' / '10-docker-default.ini'} /opt/couchdb/etc/default.d",
         f"copy-in {FILES / 'couchdb' / 'docker-entrypoint.sh'} /",
