@@ -19,14 +19,19 @@ GROUPS = {"producer": ["vm1"], "broker": ["vm2"], "inference": ["vm3"], "sink": 
 RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$", re.MULTILINE)
 
 
-def write_inventory(path: Path, hosts: dict[str, Host], private_key: Path) -> None:
-    """The layout of inventory.example.ini, with the test hosts' addresses and root over SSH."""
+def write_inventory(
+    path: Path, hosts: dict[str, Host], private_key: Path, couchdb: tuple[str, ...] = ()
+) -> None:
+    """The layout of inventory.example.ini, with the test hosts' addresses and root over SSH;
+    CouchDB on the sink's VM, or on the hosts named in COUCHDB (a cluster)."""
+    groups = {**GROUPS, **({"couchdb": list(couchdb)} if couchdb else {})}
     lines: list[str] = []
-    for group, names in GROUPS.items():
+    for group, names in groups.items():
         lines.append(f"[{group}]")
         lines += [f"{name} ansible_host={hosts[name].address}" for name in names]
         lines.append("")
-    lines += ["[couchdb:children]", "sink", "", "[monitoring:children]", "sink", "", "[all:vars]"]
+    lines += [] if couchdb else ["[couchdb:children]", "sink", ""]
+    lines += ["[monitoring:children]", "sink", "", "[all:vars]"]
     lines += [
         "ansible_user=root",
         f"ansible_ssh_private_key_file={private_key}",

@@ -55,6 +55,7 @@ class Deployment:
     couchdb_password: str
     sink_password: str
     reader_password: str
+    extra_vars: dict[str, Any]  # what the playbook was run with
     images: int = IMAGES_SENT
 
     @property
@@ -197,7 +198,7 @@ def deployment(
     kafka_download: dict[str, str],
     pushed_images: dict[str, Any],
 ) -> Deployment:
-    """site.yml, unchanged, run twice against the four hosts."""
+    """site.yml, unchanged, run twice against vm1-vm4."""
     couchdb_password = secrets.token_urlsafe(18)
     sink_password = secrets.token_urlsafe(18)
     reader_password = secrets.token_urlsafe(18)
@@ -217,4 +218,6 @@ def deployment(
     first = run_playbook(workdir / "inventory.ini", extra_vars, workdir)
     second = run_playbook(workdir / "inventory.ini", extra_vars, workdir) if first.returncode == 0 else first
     passwords = [couchdb_password, sink_password, reader_password, grafana_password]
-    return Deployment(testbed, first, second, passwords, couchdb_password, sink_password, reader_password)
+    return Deployment(
+        testbed, first, second, passwords, couchdb_password, sink_password, reader_password, extra_vars
+    )

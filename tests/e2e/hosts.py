@@ -1,4 +1,5 @@
-"""Four systemd hosts that stand in for VM1-VM4: podman containers on a private bridge network.
+"""Systemd hosts that stand in for VM1-VM4, and vm5-vm7 for a CouchDB cluster: podman containers
+on a private bridge network.
 
 Each host boots Debian's systemd (`--systemd=always --privileged --cgroupns=private`), has its own
 address and hostname, runs sshd with a key the test pushes in, and keeps /var/lib/docker on a
@@ -35,7 +36,7 @@ SSH_OPTIONS = (
 
 @dataclass(frozen=True)
 class Host:
-    name: str  # vm1..vm4, also the hostname
+    name: str  # vm1..vm7, also the hostname
     address: str
     ssh_key: Path
 
@@ -147,13 +148,14 @@ def remove_netavark_chains() -> None:
 
 @contextmanager
 def hosts(key_dir: Path) -> Iterator[dict[str, Host]]:
-    """Boot vm1..vm4 on a fresh network, root SSH with a new key in KEY_DIR; remove all after."""
+    """Boot vm1..vm7 on a fresh network, root SSH with a new key in KEY_DIR; remove all after.
+    vm1-vm4 are the four VMs of the seed's layout, vm5-vm7 the nodes of a CouchDB cluster."""
     image = host_image()
     remove_all()
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "iot-e2e", "-f", str(key_dir / "id_ed25519")])
     public_key = (key_dir / "id_ed25519.pub").read_text().strip()
     key = key_dir / "id_ed25519"
-    found = {f"vm{i}": Host(f"vm{i}", f"10.231.47.{10 + i}", key) for i in range(1, 5)}
+    found = {f"vm{i}": Host(f"vm{i}", f"10.231.47.{10 + i}", key) for i in range(1, 8)}
     try:
         podman("network", "create", "--subnet", SUBNET, "--gateway", GATEWAY, NETWORK)
         for host in found.values():
