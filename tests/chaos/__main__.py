@@ -44,23 +44,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="no IOT_GROUP_INSTANCE_ID: a killed member's partitions wait for its session timeout",
     )
+    parser.add_argument(
+        "--couchdb-nodes",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="3: a CouchDB cluster, whose node the sinks write to is killed as well (default 1)",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep Kafka's and CouchDB's data")
     return parser.parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> ChaosConfig:
-    plan_kwargs = (
-        {} if args.couch_outage_seconds is None else {"couch_outage_seconds": args.couch_outage_seconds}
+    make_plan = PLANS[args.plan]
+    plan = (
+        make_plan(couchdb_nodes=args.couchdb_nodes)
+        if args.couch_outage_seconds is None
+        else make_plan(args.couch_outage_seconds, args.couchdb_nodes)
     )
     run_dir = args.run_dir or REPO / ".run" / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     return ChaosConfig(
         run_dir=run_dir.resolve(),
         images=args.images,
-        plan=PLANS[args.plan](**plan_kwargs),
+        plan=plan,
         rate=args.rate,
         inference=args.inference,
         sinks=args.sinks,
         static_membership=not args.dynamic_membership,
+        couchdb_nodes=args.couchdb_nodes,
         keep_data=args.keep_data,
     )
 

@@ -80,6 +80,7 @@ class ChaosConfig:
     min_consumed: int = 20  # records a victim consumed since its start before it may be hit
     crash_limit: int = 5  # unexpected exits of one member before the run gives up
     static_membership: bool = True  # as Compose and Ansible deploy them: IOT_GROUP_INSTANCE_ID per instance
+    couchdb_nodes: int = 1  # more: a CouchDB cluster (stack.sh's IOT_LOCAL_COUCHDB_NODES)
     keep_data: bool = False
 
     @property
@@ -313,7 +314,7 @@ class ChaosRun:
     def __init__(self, config: ChaosConfig) -> None:
         self.config = config
         self.run_id = f"chaos-{uuid.uuid4().hex[:10]}"
-        self.stack = PrivateStack(config.run_dir / "stack")
+        self.stack = PrivateStack(config.run_dir / "stack", config.couchdb_nodes)
         self.pipeline = Pipeline(self.stack.stack, config.run_dir / "logs", name=self.run_id)
         self.members: list[Member] = []
         self.faults: list[FaultRecord] = []
@@ -451,6 +452,8 @@ class ChaosRun:
             self._kill_broker(record, started)
         elif step.kind == "couch_outage":
             self._couch_outage(step, record, started)
+        elif step.kind == "couch_node_kill":
+            self._kill_couch_node(record, started)
         else:
             messages = malformed_messages() if step.kind == "malformed" else [near_limit_message()]
             self._send_malformed(messages, record, started)
@@ -538,7 +541,8 @@ class ChaosRun:
         self._await_together("every sink consuming and writing", probes)
         record.waited = round(time.monotonic() - started, 1)
         fired = self._fire(record)
-        self.stack.stop("couchdb")
+        for node in self.stack.couchdb_names:  # every node of a cluster
+            self.stack.stop(node)
         # The outage's length is the fault itself; the services are watched all along.
         wait_for(
             "the outage to last",
@@ -553,6 +557,23 @@ class ChaosRun:
         probes = {s.name: self._grew_probe(s, WRITTEN, back) for s in sinks}
         self._await_each("every sink writing again", probes, record, fired)
         record.add_note(f"all writing {time.monotonic() - back:.1f}s after CouchDB was back")
+        record.ok = True
+
+    def _kill_couch_node(self, record: FaultRecord, started: float) -> None:
+        """kill -9 the CouchDB node the sinks write to (the first they are given): they must go
+        on writing through the others while it is down, and it catches up once it is back."""
+        record.victim = "couchdb (node 1)"
+        sinks = self._role("sink")
+        probes = {s.name: self._busy_probe(s, CONSUMED) for s in sinks}
+        probes |= {f"{s.name} writing": self._busy_probe(s, WRITTEN, 1) for s in sinks}
+        self._await_together("every sink consuming and writing", probes)
+        record.waited = round(time.monotonic() - started, 1)
+        fired = self._fire(record)
+        self.stack.kill("couchdb")
+        probes = {s.name: self._grew_probe(s, WRITTEN, fired) for s in sinks}
+        self._await_each("every sink writing through the other nodes", probes, record, fired)
+        self.stack.start()
+        record.note = f"node 1 back after {time.monotonic() - fired:.1f}s"
         record.ok = True
 
     def _send_malformed(self, messages: list[Malformed], record: FaultRecord, started: float) -> None:
@@ -692,7 +713,7 @@ class ChaosRun:
                 "images_topic": self.pipeline.images_topic,
                 "predictions_topic": self.pipeline.predictions_topic,
                 "dlq_topic": self.pipeline.dlq_topic,
-                "couchdb_url": stack.couchdb_url,
+                "couchdb_url": stack.service_couchdb_url,
                 "couchdb_user": stack.couchdb_user,
                 "couchdb_password": stack.couchdb_password,
                 "couchdb_db": self.pipeline.db,
@@ -751,7 +772,7 @@ class ChaosRun:
                 self.dlq.close()
         self.stack.stop()
         if not self.config.keep_data:
-            for data in ("kafka-logs", "couchdb", "zookeeper"):
+            for data in ("kafka-logs", "zookeeper", *self.stack.couchdb_names):
                 shutil.rmtree(self.stack.run_dir / data, ignore_errors=True)
 
     # --- watching --------------------------------------------------------------------

@@ -21,7 +21,9 @@ from PIL import Image
 
 from iot_shared.schema import ImageMessage, PredictionMessage
 
-StepKind = Literal["kill", "sigterm", "broker_kill", "couch_outage", "malformed", "near_limit"]
+StepKind = Literal[
+    "kill", "sigterm", "broker_kill", "couch_outage", "couch_node_kill", "malformed", "near_limit"
+]
 Role = Literal["inference", "sink", "producer"]
 
 # The broker's (and librdkafka's) default limit is 1,000,000 bytes per message; this one fits
@@ -43,17 +45,20 @@ class Step:
             return f"CouchDB down {self.seconds:.0f}s"
         return {
             "broker_kill": "kill -9 broker",
+            "couch_node_kill": "kill -9 CouchDB node",
             "malformed": "malformed messages",
             "near_limit": f"{NEAR_LIMIT_BYTES:,}-byte message",
         }[self.kind]
 
 
-def full_plan(couch_outage_seconds: float = 30.0) -> list[Step]:
+def full_plan(couch_outage_seconds: float = 30.0, couchdb_nodes: int = 1) -> list[Step]:
     """`make chaos`: 5 kills of each consumer, a SIGTERM of each service, 2 broker kills, a
-    CouchDB outage, a producer kill, and every malformed message, spread through the run.
+    CouchDB outage, a producer kill, and every malformed message, spread through the run; on a
+    CouchDB cluster also 2 kills of the node the sinks write to.
     The near-limit message comes late: a consumer that crash-loops on it stops the run's other
     faults from proving anything, so they go first."""
     kill_inference, kill_sink = Step("kill", "inference"), Step("kill", "sink")
+    node_kill = [Step("couch_node_kill")] if couchdb_nodes > 1 else []
     return [
         Step("malformed"),
         kill_inference,
@@ -64,11 +69,13 @@ def full_plan(couch_outage_seconds: float = 30.0) -> list[Step]:
         Step("sigterm", "inference"),
         Step("sigterm", "sink"),
         Step("couch_outage", seconds=couch_outage_seconds),
+        *node_kill,
         kill_inference,
         kill_sink,
         Step("sigterm", "producer"),
         kill_inference,
         kill_sink,
+        *node_kill,
         Step("broker_kill"),
         kill_inference,
         kill_sink,
@@ -77,8 +84,9 @@ def full_plan(couch_outage_seconds: float = 30.0) -> list[Step]:
     ]
 
 
-def small_plan(couch_outage_seconds: float = 10.0) -> list[Step]:
+def small_plan(couch_outage_seconds: float = 10.0, couchdb_nodes: int = 1) -> list[Step]:
     """`make test`: one of each kind of fault, a short outage."""
+    node_kill = [Step("couch_node_kill")] if couchdb_nodes > 1 else []
     return [
         Step("malformed"),
         Step("kill", "inference"),
@@ -87,6 +95,7 @@ def small_plan(couch_outage_seconds: float = 10.0) -> list[Step]:
         Step("sigterm", "sink"),
         Step("broker_kill"),
         Step("couch_outage", seconds=couch_outage_seconds),
+        *node_kill,
         Step("near_limit"),
         Step("kill", "producer"),
     ]

@@ -24,32 +24,50 @@ COMPONENTS = ("zookeeper", "kafka", "couchdb")
 PASSWORD = "private-test-only"
 
 
-def couch_env(run_dir: Path, port: int) -> dict[str, str]:
-    """stack.sh's settings for a CouchDB in RUN_DIR on PORT (and a free metrics port)."""
+def couch_env(run_dir: Path, port: int, nodes: int = 1) -> dict[str, str]:
+    """stack.sh's settings for a CouchDB of NODES nodes in RUN_DIR on PORT (and free ports for
+    its metrics and, in a cluster, Erlang distribution)."""
     return {
         "IOT_LOCAL_RUN_DIR": str(run_dir),
         "IOT_LOCAL_COUCHDB_PORT": str(port),
         "IOT_LOCAL_COUCHDB_METRICS_PORT": str(free_port()),
         "IOT_LOCAL_COUCHDB_USER": "admin",
         "IOT_LOCAL_COUCHDB_PASSWORD": PASSWORD,
+        "IOT_LOCAL_COUCHDB_NODES": str(nodes),
+        "IOT_LOCAL_COUCHDB_DIST_PORT": str(free_port()),
     }
 
 
+def couch_names(nodes: int) -> list[str]:
+    """stack.sh's names of the CouchDB nodes: couchdb, couchdb2, couchdb3, ..."""
+    return ["couchdb", *(f"couchdb{k}" for k in range(2, nodes + 1))]
+
+
+def couch_urls(port: int, nodes: int) -> tuple[str, ...]:
+    """Node K listens on 127.0.0.K."""
+    return tuple(f"http://127.0.0.{k}:{port}" for k in range(1, nodes + 1))
+
+
 class PrivateStack:
-    def __init__(self, run_dir: Path) -> None:
+    """With COUCHDB_NODES > 1, CouchDB is a cluster: node K (`couchdbK`, node 1 is `couchdb`)."""
+
+    def __init__(self, run_dir: Path, couchdb_nodes: int = 1) -> None:
         self.run_dir = run_dir
         ports = {name: free_port() for name in COMPONENTS}
         self.env = {
             "IOT_LOCAL_ZOOKEEPER_PORT": str(ports["zookeeper"]),
             "IOT_LOCAL_KAFKA_PORT": str(ports["kafka"]),
-            **couch_env(run_dir, ports["couchdb"]),
+            **couch_env(run_dir, ports["couchdb"], couchdb_nodes),
         }
+        self.couchdb_names = couch_names(couchdb_nodes)
+        nodes = couch_urls(ports["couchdb"], couchdb_nodes)
         self.stack = Stack(
             bootstrap=f"127.0.0.1:{ports['kafka']}",
-            couchdb_url=f"http://127.0.0.1:{ports['couchdb']}",
+            couchdb_url=nodes[0],
             couchdb_user="admin",
             couchdb_password=PASSWORD,
             couchdb_metrics_url=f"http://127.0.0.1:{self.env['IOT_LOCAL_COUCHDB_METRICS_PORT']}",
+            couchdb_nodes=nodes if couchdb_nodes > 1 else (),
         )
 
     def start(self) -> None:
@@ -76,25 +94,33 @@ class PrivateStack:
             self.start()
 
     def pid(self, name: str) -> int | None:
-        try:
-            return int((self.run_dir / f"{name}.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        return _pid(self.run_dir, name)
 
     def _signal(self, name: str, sig: signal.Signals, wait: bool) -> None:
-        pid = self.pid(name)
-        if pid is None:
-            return
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        if wait:
-            # Not our child (stack.sh detaches it): poll until it is gone.
-            _wait_gone(pid)
+        _signal(self.run_dir, name, sig, wait)
 
     def _script(self, command: str) -> None:
         subprocess.run([str(STACK_SCRIPT), command], env={**os.environ, **self.env}, check=True, timeout=600)
+
+
+def _pid(run_dir: Path, name: str) -> int | None:
+    try:
+        return int((run_dir / f"{name}.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _signal(run_dir: Path, name: str, sig: signal.Signals, wait: bool) -> None:
+    pid = _pid(run_dir, name)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    if wait:
+        # Not our child (stack.sh detaches it): poll until it is gone.
+        _wait_gone(pid)
 
 
 def _wait_gone(pid: int, timeout: float = 60) -> None:
@@ -116,14 +142,9 @@ class PrivateCouch:
     def __init__(self, stack: Stack, run_dir: Path, nodes: int = 1) -> None:
         port = free_port()
         self.run_dir = run_dir
-        self.names = ["couchdb", *(f"couchdb{k}" for k in range(2, nodes + 1))]
-        self.env = {
-            **os.environ,
-            **couch_env(run_dir, port),
-            "IOT_LOCAL_COUCHDB_NODES": str(nodes),
-            "IOT_LOCAL_COUCHDB_DIST_PORT": str(free_port()),
-        }
-        urls = tuple(f"http://127.0.0.{k}:{port}" for k in range(1, nodes + 1))
+        self.names = couch_names(nodes)
+        self.env = {**os.environ, **couch_env(run_dir, port, nodes)}
+        urls = couch_urls(port, nodes)
         self.stack = Stack(
             stack.bootstrap, urls[0], "admin", PASSWORD, couchdb_nodes=urls if nodes > 1 else ()
         )
@@ -137,9 +158,7 @@ class PrivateCouch:
 
     def kill(self, name: str) -> None:
         """`kill -9` one node: a crash, with no clean shutdown."""
-        pid = int((self.run_dir / f"{name}.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid)
+        _signal(self.run_dir, name, signal.SIGKILL, wait=True)
 
     def _script(self, *args: str) -> None:
         subprocess.run([str(STACK_SCRIPT), *args], env=self.env, check=True, timeout=300)

@@ -1,17 +1,24 @@
 """The pipeline on a three-node CouchDB cluster (n = 3, the local stack's IOT_LOCAL_COUCHDB_NODES=3):
-the node the sink writes to is killed while images flow, and nothing is lost."""
+the node the sink writes to is killed while images flow, and nothing is lost; and what a cluster
+can leave behind after such trouble, conflicting revisions of a document, is merged by the sink."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Pipeline, Stack, is_complete
+from iot_shared.schema import PredictionMessage
+from iot_sink.documents import group_by_id, merge
+from tests.integration.harness import Pipeline, Stack, is_complete, random_images
 from tests.integration.private_stack import PrivateCouch, private_couch
+from tests.ports import free_port
 from tests.waiting import wait_for
 
 IMAGES = 400
@@ -82,3 +89,51 @@ def _all_docs(stack: Stack, db: str) -> list[dict[str, Any]]:
         return []
     rows: list[dict[str, Any]] = response.json()["rows"]
     return rows
+
+
+def test_conflicting_revisions_of_a_document_are_merged_by_the_sink(pipeline: Pipeline) -> None:
+    """Two revisions of one new document, each with one half, as two sinks writing through nodes
+    cut off from each other leave it once the nodes meet again (put in as replication does,
+    `new_edits: false`, which one server takes as well as a cluster)."""
+    [image] = random_images(1)
+    prediction = PredictionMessage(image.id, "cat", 0.9, time.time())
+    halves = [
+        dict(half, _rev=rev)
+        for message, rev in ((image, "1-" + "a" * 32), (prediction, "1-" + "b" * 32))
+        if (half := merge(None, group_by_id([message])[image.id], time.time())) is not None
+    ]
+    written = pipeline.stack.couch(
+        "POST", f"{pipeline.db}/_bulk_docs", json={"docs": halves, "new_edits": False}
+    )
+    assert written.status_code == 201, written.text
+    before = pipeline.stack.couch("GET", f"{pipeline.db}/{image.id}", params={"conflicts": "true"}).json()
+    assert len(before["_conflicts"]) == 1 and not is_complete(before)
+
+    port = free_port()
+    pipeline.start("sink", IOT_CONFLICT_SWEEP_SECONDS="1", IOT_METRICS_PORT=str(port))
+
+    def merged() -> dict[str, Any] | None:
+        doc: dict[str, Any] = pipeline.stack.couch(
+            "GET", f"{pipeline.db}/{image.id}", params={"conflicts": "true"}
+        ).json()
+        return doc if is_complete(doc) and "_conflicts" not in doc else None
+
+    doc = wait_for("the sink merging the two revisions", merged, 60, pipeline.alive)
+    assert (doc["GroundTruth"], doc["InferredValue"]) == ("cat", "cat")
+    assert doc["_rev"].startswith("2-")
+    leaves = pipeline.stack.couch(
+        "GET",
+        f"{pipeline.db}/{image.id}",
+        params={"open_revs": "all"},
+        headers={"Accept": "application/json"},
+    ).json()
+    assert sorted("_deleted" in leaf["ok"] for leaf in leaves) == [False, True], "the loser is deleted"
+    metrics = {
+        s.name: s.value
+        for family in text_string_to_metric_families(
+            requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        )
+        for s in family.samples
+    }
+    assert metrics["iot_sink_revisions_merged_total"] == 1
+    assert metrics["iot_sink_documents_completed_total"] == 1

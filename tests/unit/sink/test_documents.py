@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 
 from iot_shared.schema import ImageMessage, PredictionMessage
-from iot_sink.documents import ATTACHMENT, group_by_id, is_complete, merge
+from iot_sink.documents import ATTACHMENT, group_by_id, is_complete, merge, merge_revisions
 
 ID = str(uuid.uuid4())
 PIXELS = np.zeros((32, 32, 3), dtype=np.uint8)
@@ -104,3 +104,26 @@ def test_the_first_message_of_a_batch_wins_too() -> None:
 def test_whichever_version_comes_first_is_the_one_kept() -> None:
     first = apply_in_order([REPLAYED_PREDICTION, IMAGE, PREDICTION, REPLAYED_IMAGE])
     assert (first["InferredValue"], first["InferredAt"], first["Source"]) == ("frog", 999.0, "cam")
+
+
+def revision(*messages: ImageMessage | PredictionMessage, rev: str) -> dict:
+    """One revision of the document as a writer made it alone, read back with its attachment's data."""
+    doc = merge(None, group_by_id(messages)[ID], 200.0)
+    assert doc is not None
+    return dict(doc, _rev=rev)
+
+
+def test_conflicting_halves_merge_into_the_whole_document() -> None:
+    image, prediction = revision(IMAGE, rev="1-a"), revision(PREDICTION, rev="1-b")
+    winner = dict(stored(prediction), _rev="1-b", _conflicts=["1-a"])
+    merged = merge_revisions(winner, [image], 300.0)
+    assert merged is not None and is_complete(merged)
+    assert merged["_rev"] == "1-b" and "_conflicts" not in merged  # written on top of the winner
+    assert merged["_attachments"][ATTACHMENT]["data"] == image["_attachments"][ATTACHMENT]["data"]
+    assert (merged["GroundTruth"], merged["InferredValue"], merged["StoredAt"]) == ("cat", "dog", 300.0)
+
+
+def test_the_winning_revision_keeps_its_fields_and_one_with_nothing_new_adds_nothing() -> None:
+    winner = stored(revision(IMAGE, PREDICTION, rev="2-w"))
+    other = revision(PredictionMessage(ID, "truck", 0.9, 150.0), rev="1-o")
+    assert merge_revisions(winner, [other], 300.0) is None

@@ -27,6 +27,7 @@ from iot_shared.lifecycle import StopFlag, wait_until
 from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher
 from iot_shared.schema import ImageMessage, PredictionMessage
+from iot_sink.conflicts import ConflictSweeper
 from iot_sink.documents import group_by_id
 from iot_sink.metrics import WRITE_RETRIES
 from iot_sink.settings import SinkSettings
@@ -132,10 +133,18 @@ def run(settings: SinkSettings, stop: StopFlag) -> int:
         cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
         member = join_group(settings, SERVICE, topics)
         cleanup.callback(member.close)
+        sweeper = ConflictSweeper(client, settings.couchdb_db, settings.conflict_sweep_seconds)
         loop = storage_loop(settings, member, publisher, DocumentStore(client, settings.couchdb_db))
         probe.follow(lambda: _readiness(client, settings, loop))
         log.info("storing %s into %s/%s", " + ".join(topics), settings.couchdb_url, settings.couchdb_db)
-        loop.run(stop)
+        # Between batches, and when none come, now and then: conflicting revisions merged.
+        try:
+            while not stop:
+                loop.step()
+                sweeper.sweep_if_due()
+        finally:
+            loop.close()
+        sweeper.sweep_if_due(force=True)  # what the last batches left, before the sink goes
     return 0
 
 

@@ -89,3 +89,30 @@ def merge(existing: Document | None, update: Update, stored_at: float) -> Docume
         doc["_attachments"] = attachments  # existing ones stay as stubs: CouchDB keeps their data
     doc["StoredAt"] = stored_at
     return doc
+
+
+def merge_revisions(winner: Document, others: Iterable[Document], stored_at: float) -> Document | None:
+    """The revision that unites WINNER with the conflicting revisions OTHERS (read with their
+    attachments' data), written on top of WINNER; None when they add nothing to it.
+
+    First writer wins here too: the winning revision's fields and attachments stay as they are,
+    and each other revision adds only what is missing.
+    """
+    doc: Document = {k: v for k, v in winner.items() if k != "_conflicts"}
+    attachments = dict(doc.get("_attachments", {}))
+    changed = False
+    for other in others:
+        for name, value in other.items():
+            if not name.startswith("_") and name not in doc:
+                doc[name] = value
+                changed = True
+        for name, attachment in other.get("_attachments", {}).items():
+            if name not in attachments:
+                attachments[name] = {"content_type": attachment["content_type"], "data": attachment["data"]}
+                changed = True
+    if not changed:
+        return None
+    if attachments:
+        doc["_attachments"] = attachments
+    doc["StoredAt"] = stored_at
+    return doc

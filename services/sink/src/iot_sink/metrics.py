@@ -15,6 +15,10 @@ CONFLICTS_RESOLVED = Counter(
     "iot_sink_conflicts_resolved", "Revision conflicts resolved by re-reading and merging"
 )
 WRITE_RETRIES = Counter("iot_sink_write_retries", "CouchDB writes retried after an error")
+REVISIONS_MERGED = Counter(
+    "iot_sink_revisions_merged",
+    "Documents whose conflicting revisions (which a CouchDB cluster keeps) were merged into one",
+)
 COUCHDB_SECONDS = Histogram(
     "iot_sink_couchdb_request_duration_seconds",
     "CouchDB request latency",

@@ -16,6 +16,12 @@ class SinkSettings(CouchSettings, ConsumerSettings):
     )
     group_id: str = Field("sink", min_length=1, description="Kafka consumer group")
     max_batch: int = Field(500, ge=1, le=10000, description="Most messages in one CouchDB bulk write")
+    conflict_sweep_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How often to look for documents a CouchDB cluster kept in conflicting revisions "
+        "(after nodes were down or cut off) and merge them (0 = never: one CouchDB server has none)",
+    )
     max_wait_ms: int = Field(
         50,
         ge=0,

@@ -93,7 +93,7 @@ class DocumentStore:
             self._written.popitem(last=False)
 
     def _read(self, ids: list[str]) -> dict[str, Document]:
-        result = _timed(
+        result = timed(
             "all_docs",
             lambda: self._client.post_all_docs(db=self._db, keys=ids, include_docs=True).get_result(),
         )
@@ -101,7 +101,7 @@ class DocumentStore:
 
     def _bulk_write(self, docs: list[Document], before: Mapping[str, Document]) -> set[str]:
         """Write `docs`; returns the IDs that hit a conflict."""
-        results = _timed(
+        results = timed(
             "bulk_docs",
             lambda: self._client.post_bulk_docs(db=self._db, bulk_docs={"docs": docs}).get_result(),
         )
@@ -116,7 +116,7 @@ class DocumentStore:
                 raise WriteError(f"CouchDB refused {doc_id}: {error} {result.get('reason', '')}")
             else:
                 DOCUMENTS_WRITTEN.inc()
-                _observe_completion(before.get(doc_id), by_id[doc_id])
+                observe_completion(before.get(doc_id), by_id[doc_id])
                 self._remember_written(by_id[doc_id], result["rev"])
         return conflicted
 
@@ -136,7 +136,7 @@ def _stub(attachment: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _observe_completion(before: Document | None, after: Document) -> None:
+def observe_completion(before: Document | None, after: Document) -> None:
     # Once per image, by the write that completes its document: a replay or a re-merge adds no
     # field and writes nothing, and after a conflict `before` is the document re-read from
     # CouchDB, so one that another sink completed is not counted again.
@@ -146,6 +146,7 @@ def _observe_completion(before: Document | None, after: Document) -> None:
         observe_scored(after["GroundTruth"], after["InferredValue"], after["Confidence"])
 
 
-def _timed(operation: str, call: Callable[[], T]) -> T:
+def timed(operation: str, call: Callable[[], T]) -> T:
+    """CALL's answer, its time observed as OPERATION in the CouchDB latency histogram."""
     with COUCHDB_SECONDS.labels(operation).time():
         return call()
