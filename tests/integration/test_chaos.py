@@ -1,6 +1,8 @@
 """The fault-injection run, small: `make chaos` does the same with 10,000 images and every fault
 several times. A private stack (its own ZooKeeper, Kafka and CouchDB on free ports), so the
-shared one never goes down under the other tests."""
+shared one never goes down under the other tests. Its CouchDB is a 3-node cluster (the shared
+stack's is one node), so a node is killed too and the sinks' merging of conflicting revisions
+is proven under faults."""
 
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ def test_faults_lose_double_and_corrupt_nothing(tmp_path: Path, capsys: pytest.C
     config = ChaosConfig(
         run_dir=tmp_path,
         images=IMAGES,
-        plan=small_plan(couch_outage_seconds=10),
+        plan=small_plan(couch_outage_seconds=10, couchdb_nodes=3),
         step_timeout=120,
         drain_timeout=180,
+        couchdb_nodes=3,
     )
     result = ChaosRun(config).run()  # stops everything it started, also when a step fails
     with capsys.disabled():
