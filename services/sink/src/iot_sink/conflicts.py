@@ -105,9 +105,7 @@ class ConflictSweeper:
                 settled.append(doc)  # the winner holds everything already
             else:
                 merges.append((doc, merge))
-        results = self._client.post_bulk_docs(
-            db=self._db, bulk_docs={"docs": [m for _, m in merges]}
-        ).get_result()
+        results = self._bulk([m for _, m in merges])
         for (doc, merge), result in zip(merges, results, strict=True):
             if result.get("error"):  # changed meanwhile: the next sweep sees it again
                 log.info("merging the revisions of %s: %s", doc["_id"], result["error"])
@@ -117,13 +115,22 @@ class ConflictSweeper:
         deletions = [
             {"_id": d["_id"], "_rev": rev, "_deleted": True} for d in settled for rev in d["_conflicts"]
         ]
-        if deletions:
-            self._client.post_bulk_docs(db=self._db, bulk_docs={"docs": deletions}).get_result()
-        REVISIONS_MERGED.inc(len(settled))
-        log.info(
-            "merged the conflicting revisions of %d documents (a CouchDB cluster kept them)", len(settled)
-        )
+        self._bulk(deletions)
+        if settled:
+            REVISIONS_MERGED.inc(len(settled))
+            log.info(
+                "merged the conflicting revisions of %d documents (a CouchDB cluster kept them)", len(settled)
+            )
         return len(settled)
+
+    def _bulk(self, docs: list[Document]) -> list[dict[str, Any]]:
+        """`_bulk_docs` of DOCS, one result each; no request for none."""
+        if not docs:
+            return []
+        results: list[dict[str, Any]] = self._client.post_bulk_docs(
+            db=self._db, bulk_docs={"docs": docs}
+        ).get_result()
+        return results
 
     def _revisions(self, wanted: list[tuple[str, str]]) -> dict[str, list[Document]]:
         """The given revisions, with their attachments' data, by document ID."""
