@@ -123,9 +123,9 @@ COUCHDB: Final = StandIn(
         'mkdir -p "$1/opt/couchdb"',  # sync-in copies into a folder that exists
         f"sync-in {COUCHDB_RELEASE} /opt/couchdb",
         'rm -f "$1/opt/couchdb/.recipe.sha256"',
-        # The official image's vm.args: no node name (the entry point adds NODENAME's), Erlang
-        # distribution on every interface, on port 9100.
-        "sed -i -e '/^-name /d' -e '/inet_dist_use_interface/d' \"$1/opt/couchdb/etc/vm.args\"",
+        # The official image's vm.args: no node name, not even in a comment (the entry point adds
+        # NODENAME's unless "couchdb@" is there), Erlang distribution on every interface, port 9100.
+        "sed -i -e '/^-name /d' -e '/couchdb@/d' -e '/inet_dist_use_interface/d' \"$1/opt/couchdb/etc/vm.args\"",
         "printf -- '-kernel inet_dist_listen_min 9100\\n-kernel inet_dist_listen_max 9100\\n'"
         ' >>"$1/opt/couchdb/etc/vm.args"',
         'mkdir -p "$1/opt/couchdb/data"',
