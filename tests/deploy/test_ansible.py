@@ -865,6 +865,7 @@ def test_a_couchdb_cluster_keeps_three_copies_and_the_sink_knows_every_node(
         assert f"--env NODENAME={address}" in " ".join(exec_starts(unit)[0]), host
         secret = read_env_file(clustered.file(host, "/etc/iot/couchdb/secrets.env"))
         assert secret["COUCHDB_ERLANG_COOKIE"] == COOKIE, host
+        assert len(secret["COUCHDB_SECRET"]) == 64, host  # the session key finish_cluster needs
         assert COOKIE not in unit and COOKIE not in ini
     config = yaml.safe_load(clustered.file("vm4", "/etc/iot/prometheus/prometheus.yml").read_text())
     [couchdb] = [job for job in config["scrape_configs"] if job["job_name"] == "couchdb"]
