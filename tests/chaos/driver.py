@@ -536,11 +536,7 @@ class ChaosRun:
     def _couch_outage(self, step: Step, record: FaultRecord, started: float) -> None:
         record.victim = "couchdb"
         sinks = self._role("sink")
-        probes = {s.name: self._busy_probe(s, CONSUMED) for s in sinks}
-        probes |= {f"{s.name} writing": self._busy_probe(s, WRITTEN, 1) for s in sinks}
-        self._await_together("every sink consuming and writing", probes)
-        record.waited = round(time.monotonic() - started, 1)
-        fired = self._fire(record)
+        fired = self._fire_when_sinks_write(record, started)
         for node in self.stack.couchdb_names:  # every node of a cluster
             self.stack.stop(node)
         # The outage's length is the fault itself; the services are watched all along.
@@ -559,16 +555,21 @@ class ChaosRun:
         record.add_note(f"all writing {time.monotonic() - back:.1f}s after CouchDB was back")
         record.ok = True
 
-    def _kill_couch_node(self, record: FaultRecord, started: float) -> None:
-        """kill -9 the CouchDB node the sinks write to (the first they are given): they must go
-        on writing through the others while it is down, and it catches up once it is back."""
-        record.victim = "couchdb (node 1)"
+    def _fire_when_sinks_write(self, record: FaultRecord, started: float) -> float:
+        """Wait until every sink consumes and writes, then fire; returns when it fired."""
         sinks = self._role("sink")
         probes = {s.name: self._busy_probe(s, CONSUMED) for s in sinks}
         probes |= {f"{s.name} writing": self._busy_probe(s, WRITTEN, 1) for s in sinks}
         self._await_together("every sink consuming and writing", probes)
         record.waited = round(time.monotonic() - started, 1)
-        fired = self._fire(record)
+        return self._fire(record)
+
+    def _kill_couch_node(self, record: FaultRecord, started: float) -> None:
+        """kill -9 the CouchDB node the sinks write to (the first they are given): they must go
+        on writing through the others while it is down, and it catches up once it is back."""
+        record.victim = "couchdb (node 1)"
+        sinks = self._role("sink")
+        fired = self._fire_when_sinks_write(record, started)
         self.stack.kill("couchdb")
         probes = {s.name: self._grew_probe(s, WRITTEN, fired) for s in sinks}
         self._await_each("every sink writing through the other nodes", probes, record, fired)
