@@ -264,7 +264,7 @@ INI
 # The nodes join node 1's cluster (CouchDB's manual cluster setup: a document per node in
 # _nodes), which then makes the system databases; idempotent (409 and 412: already done).
 join_couchdb_cluster() {
-  local k name admin=(-u "$COUCH_USER:$COUCH_PASSWORD") url db
+  local k admin=(-u "$COUCH_USER:$COUCH_PASSWORD") url db
   url="$(couch_url couchdb)"
   for ((k = 2; k <= COUCHDB_NODES; k++)); do
     curl -s -m 10 -o /dev/null -w '%{http_code}' "${admin[@]}" -X PUT -d '{}' \
