@@ -80,10 +80,12 @@ class BatchLoop(Generic[T]):
         self.sizer = BatchSizer(self.member.service, self.max_batch, self.latency_target_seconds)
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
-    def run(self, stop: StopFlag) -> None:
+    def run(self, stop: StopFlag, between: Callable[[], None] = lambda: None) -> None:
+        """Steps until STOP; BETWEEN runs after each (a batch, or an idle poll)."""
         try:
             while not stop:
                 self.step()
+                between()
         finally:
             self.close()
 

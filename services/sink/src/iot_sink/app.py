@@ -138,12 +138,7 @@ def run(settings: SinkSettings, stop: StopFlag) -> int:
         probe.follow(lambda: _readiness(client, settings, loop))
         log.info("storing %s into %s/%s", " + ".join(topics), settings.couchdb_url, settings.couchdb_db)
         # Between batches, and when none come, now and then: conflicting revisions merged.
-        try:
-            while not stop:
-                loop.step()
-                sweeper.sweep_if_due()
-        finally:
-            loop.close()
+        loop.run(stop, between=sweeper.sweep_if_due)
         sweeper.sweep_if_due(force=True)  # what the last batches left, before the sink goes
     return 0
 
