@@ -37,14 +37,12 @@ class NodesClient(CloudantV1):  # type: ignore[misc]  # the SDK has no type hint
         self.set_service_url(self.nodes[0])
 
     def send(self, request: Any, **kwargs: Any) -> DetailedResponse:
-        for tries_left in reversed(range(len(self.nodes))):
+        for _ in self.nodes[1:]:
             try:
                 return super().send(request, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if not tries_left:
-                    raise
                 request = self._next_node(request, exc)
-        raise AssertionError("unreachable")  # the loop returns or raises
+        return super().send(request, **kwargs)  # the last node tried: its error is the caller's
 
     def _next_node(self, request: Any, exc: Exception) -> Any:
         failed = self.service_url
