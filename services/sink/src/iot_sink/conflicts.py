@@ -43,6 +43,7 @@ class ConflictSweeper:
         self._clock = clock
         self._due = clock()
         self._since: str | None = None
+        self._checkpoint_rev: str | None = None  # of _local/<CHECKPOINT>, as last read or written
         self._failed = False  # the last sweep could not reach CouchDB
 
     def sweep_if_due(self, force: bool = False) -> None:
@@ -144,27 +145,28 @@ class ConflictSweeper:
         return found
 
     def _checkpoint(self) -> str:
+        """Where the last sweep (of any sink) got to; remembers the document's revision."""
         try:
             saved: dict[str, Any] = self._client.get_local_document(
                 db=self._db, doc_id=CHECKPOINT
             ).get_result()
         except ApiException as exc:
-            if exc.status_code == 404:
-                return "0"
-            raise
+            if exc.status_code != 404:
+                raise
+            saved = {}
+        self._checkpoint_rev = saved.get("_rev")
         return str(saved.get("since", "0"))
 
     def _save_checkpoint(self, since: str) -> None:
+        document = {"since": since, **({"_rev": self._checkpoint_rev} if self._checkpoint_rev else {})}
         try:
-            current = self._client.get_local_document(db=self._db, doc_id=CHECKPOINT).get_result()
+            saved = self._client.put_local_document(
+                db=self._db, doc_id=CHECKPOINT, document=document
+            ).get_result()
+            self._checkpoint_rev = saved["rev"]
         except ApiException as exc:
-            if exc.status_code != 404:
+            if exc.status_code != 409:
                 raise
-            current = {}
-        document = {"since": since, **({"_rev": current["_rev"]} if "_rev" in current else {})}
-        try:
-            self._client.put_local_document(db=self._db, doc_id=CHECKPOINT, document=document).get_result()
-        except ApiException as exc:
-            if exc.status_code != 409:  # another sink saved its own at the same moment: either will do
-                raise
+            # Another sink saved its own meanwhile: either will do; read its revision for next time.
+            self._checkpoint()
         self._since = since
