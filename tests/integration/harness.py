@@ -44,14 +44,13 @@ class Stack:
     couchdb_password: str
     couchdb_metrics_url: str = ""
     couchdb_nodes: tuple[str, ...] = ()
+    sink_user: str = "iot_sink"
+    sink_password: str = "local-dev-only"
 
     @property
     def service_couchdb_url(self) -> str:
         """IOT_COUCHDB_URL for the services: every node of a cluster, separated by commas."""
         return ",".join(self.couchdb_nodes) or self.couchdb_url
-
-    sink_user: str = "iot_sink"
-    sink_password: str = "local-dev-only"
 
     def couch(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """A request to CouchDB, as the server admin unless `auth` says otherwise."""
