@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 import requests
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from iot_shared.couch import client_for
 from iot_shared.kafka import ensure_topics
@@ -244,6 +245,20 @@ class Pipeline:
         for value in values:
             producer.produce(topic, value=value, key=key)
         assert producer.flush(30) == 0
+
+    def high_watermark(self, topic: str, partition: int) -> int:
+        consumer = Consumer({"bootstrap.servers": self.stack.bootstrap, "group.id": f"{self.name}-offsets"})
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        finally:
+            consumer.close()
+        return int(high)
+
+    def delete_records(self, topic: str, partition: int, before: int) -> None:
+        """Have the broker drop the partition's records below offset `before`, as if it lost them."""
+        admin = AdminClient({"bootstrap.servers": self.stack.bootstrap})
+        [future] = admin.delete_records([TopicPartition(topic, partition, before)]).values()
+        assert future.result(timeout=30).low_watermark == before
 
     def audit(self, *args: str, **env: str) -> tuple[int, str, str]:
         """`iot-audit ARGS` of this pipeline (ENV overrides its settings): exit code, stdout, stderr."""

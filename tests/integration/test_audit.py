@@ -52,3 +52,26 @@ def test_audit_of_an_unknown_topic_exits_3(pipeline: Pipeline) -> None:
     )
     assert code == 3
     assert "not found" in err
+
+
+def test_only_the_run_audit_sees_an_image_lost_inside_kafka(pipeline: Pipeline) -> None:
+    run_id = f"{pipeline.name}-run"
+    pipeline.produce(12, IOT_RUN_ID=run_id)
+    # Kafka loses what the producer had acknowledged: the broker truncates the fullest
+    # partition before anyone consumed it.
+    topic = pipeline.images_topic
+    fullest = max(range(3), key=lambda partition: pipeline.high_watermark(topic, partition))
+    lost = pipeline.high_watermark(topic, fullest)
+    pipeline.delete_records(topic, fullest, before=lost)
+    pipeline.start("inference")
+    pipeline.start("sink")
+    pipeline.wait_for_complete(12 - lost, timeout=180)
+
+    code, trusting = audit_json(pipeline)
+    assert code == 0 and trusting["produced"] == 12 - lost, trusting  # the topics no longer know
+
+    code, out, err = pipeline.audit("--json", "--run-id", run_id, "--count", "12")
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["lost"]["count"] == lost > 0
+    assert (report["produced"], report["complete"], report["problems"]) == (12, 12 - lost, {"lost": lost})

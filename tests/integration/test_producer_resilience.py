@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from iot_producer.runs import RUN_ID_FILE, image_id
+from iot_producer.runs import RUN_ID_FILE
 from iot_shared.kafka import ensure_topics
+from iot_shared.run_plan import RunPlan
 from iot_shared.settings import ServiceSettings
 from tests.integration.harness import Pipeline, Service
 from tests.integration.private_stack import PrivateStack, private_stack
@@ -75,7 +76,7 @@ def keys_in_topic(pipeline: Pipeline) -> Counter[str]:
 
 def run_ids(run_id: str, count: int) -> set[str]:
     """The IDs of one full run of `count` test images in file order from index 0."""
-    return {image_id(run_id, "test", i, i) for i in range(count)}
+    return set(RunPlan(count=count).image_ids(run_id))
 
 
 def summary(producer: Service) -> str:

@@ -6,28 +6,14 @@ import numpy as np
 import pytest
 from confluent_kafka import KafkaError
 
-from iot_producer.app import LISTED_IDS, choose_indices, finish, image_message, schedule
+from iot_producer.app import LISTED_IDS, finish, image_message, schedule
 from iot_producer.cifar import Dataset
-from iot_producer.runs import RUN_ID_FILE, image_id, open_run
+from iot_producer.runs import RUN_ID_FILE, open_run
 from iot_shared.errors import DeliveryError
 from iot_shared.lifecycle import StopFlag
 from iot_shared.publisher import Undelivered
+from iot_shared.run_plan import image_id
 from iot_shared.schema import ImageMessage
-
-
-def test_sequential_indices_start_where_asked_and_wrap() -> None:
-    assert choose_indices(10, 4, "sequential", start=8).tolist() == [8, 9, 0, 1]
-
-
-def test_count_zero_means_the_whole_split() -> None:
-    assert choose_indices(5, 0, "sequential").tolist() == [0, 1, 2, 3, 4]
-
-
-def test_random_order_is_reproducible_and_without_repeats() -> None:
-    first = choose_indices(100, 50, "random", seed=7)
-    assert first.tolist() == choose_indices(100, 50, "random", seed=7).tolist()
-    assert len(set(first.tolist())) == 50
-    assert first.tolist() != choose_indices(100, 50, "random", seed=8).tolist()
 
 
 def test_messages_carry_the_label_the_pixels_and_the_id() -> None:

@@ -9,27 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from iot_producer.runs import RUN_ID_FILE, image_id, open_run
+from iot_producer.runs import RUN_ID_FILE, open_run
 from iot_shared.errors import ConfigError
-
-
-def test_image_ids_are_uuid5_and_depend_on_every_part() -> None:
-    base = image_id("run-1", "test", 7, 3)
-    assert uuid.UUID(base).version == 5
-    assert base == image_id("run-1", "test", 7, 3)  # deterministic, across processes too
-    others = {
-        image_id("run-2", "test", 7, 3),
-        image_id("run-1", "train", 7, 3),
-        image_id("run-1", "test", 8, 3),
-        image_id("run-1", "test", 7, 4),  # the same image again later in the run (wrap-around)
-        image_id("run-1", "test", 7, 3, dataset="other"),
-    }
-    assert base not in others and len(others) == 5
-
-
-def test_the_id_of_an_image_never_changes() -> None:
-    # Pinned: a change here would make a resumed run send its images under new IDs.
-    assert image_id("run-1", "test", 0, 0) == "b1873eb7-52fd-5ff3-9914-44b9b93c7d18"
 
 
 def test_a_first_start_creates_a_run_and_keeps_its_id(tmp_path: Path) -> None:

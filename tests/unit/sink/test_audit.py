@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from iot_shared.run_plan import RunPlan
 from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_sink import audit
 from iot_sink.audit import AuditSettings, Ledger, RecordRef, render_table
@@ -178,7 +179,7 @@ def test_with_since_older_documents_are_outside_the_window_not_extra() -> None:
     late_stranger = dict(document(str(uuid.uuid4())), ProducedAt=2000.0)
     feed.ledger.add_document(late_stranger)
     report = feed.ledger.report("img_db")
-    assert report.outside_window == 1
+    assert report.not_audited == 1
     assert report.extra.ids == [late_stranger["_id"]]
     assert report.documents == 3
 
@@ -243,3 +244,36 @@ def test_an_unreachable_broker_exits_3(
     monkeypatch.setattr(audit, "run_audit", unreachable)
     assert audit.main([]) == audit.EXIT_UNAVAILABLE
     assert "cannot audit: topic iot-topic not found" in capsys.readouterr().err
+
+
+def test_a_run_audit_counts_an_image_lost_inside_kafka() -> None:
+    # No record was read: the broker lost one, and the topics would not have shown it.
+    planned = RunPlan(count=4).image_ids("run-1")
+    ledger = Ledger(IMAGES, PREDICTIONS)
+    ledger.expect("run-1", planned)
+    for image_id in planned[1:]:
+        ledger.add_document(document(image_id))
+    ledger.add_document(document(RunPlan(count=1).image_ids("another-run")[0]))
+    report = ledger.report("img_db")
+    assert (report.run_id, report.produced, report.complete) == ("run-1", 4, 3)
+    assert report.lost.ids == [planned[0]]
+    assert (report.not_audited, report.extra.count) == (1, 0)  # another run's, not extra
+    assert report.problems == {"lost": 1}
+
+    out = io.StringIO()
+    render_table(report, Console(file=out, width=200, color_system=None))
+    text = out.getvalue()
+    assert "run run-1" in text and "planned (the run's IDs)" in text and "image records" not in text
+    assert "PROBLEMS: lost 1" in text
+
+
+def test_the_audit_reads_the_producers_plan_under_the_same_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"IOT_COUNT": "50", "IOT_ORDER": "random", "IOT_SEED": "7"}.items():
+        monkeypatch.setenv(name, value)
+    settings = audit.load_settings(AuditSettings, ["--run-id", "run-1"], "iot-audit")
+    assert settings.image_ids("run-1") == RunPlan(count=50, order="random", seed=7).image_ids("run-1")
+
+
+def test_a_run_is_its_own_window(capsys: pytest.CaptureFixture[str]) -> None:
+    assert audit.main(["--run-id", "r", "--since", "1767225600"]) == audit.EXIT_BAD_CONFIG
+    assert "--run-id or --since" in capsys.readouterr().err

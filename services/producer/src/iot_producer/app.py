@@ -10,36 +10,20 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 
-import numpy as np
-import numpy.typing as npt
-
 from iot_producer import cifar
-from iot_producer.runs import Run, image_id, open_run
+from iot_producer.runs import Run, open_run
 from iot_producer.settings import ProducerSettings
-from iot_shared.errors import DeliveryError
+from iot_shared.errors import DataError, DeliveryError
 from iot_shared.lifecycle import StopFlag
 from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher, Undelivered
+from iot_shared.run_plan import SPLIT_SIZES, image_id
 from iot_shared.schema import ImageMessage
 
 log = logging.getLogger("iot_producer")
 SERVICE = "producer"
 # How many undelivered IDs the summary names; all of them go to a file when there are more.
 LISTED_IDS = 20
-
-
-def choose_indices(
-    total: int, count: int, order: str, start: int = 0, seed: int = 0
-) -> npt.NDArray[np.int64]:
-    """Which images to send: `count` of them (0 = all), in file order from `start` or shuffled."""
-    count = total if count == 0 else count
-    if order == "random":
-        rng = np.random.default_rng(seed)
-        if count <= total:
-            return rng.permutation(total)[:count].astype(np.int64)
-        return rng.integers(0, total, size=count, dtype=np.int64)
-    # Sequential wraps around, so any count works on any split.
-    return (start + np.arange(count, dtype=np.int64)) % total
 
 
 def image_message(dataset: cifar.Dataset, index: int, source: str, id: str) -> ImageMessage:
@@ -64,6 +48,12 @@ def schedule(n: int, seconds_between: float, stop: StopFlag) -> Iterator[int]:
 def load_dataset(settings: ProducerSettings) -> cifar.Dataset:
     data_dir = settings.data_dir or cifar.download(settings.cache_dir)
     dataset = cifar.load_split(data_dir, settings.split)
+    if len(dataset) != SPLIT_SIZES[settings.split]:
+        # The image IDs, and `iot-audit --run-id`'s copy of them, assume CIFAR-10's own sizes.
+        raise DataError(
+            f"the CIFAR-10 {settings.split} split in {data_dir} has {len(dataset)} images, "
+            f"not {SPLIT_SIZES[settings.split]}"
+        )
     log.info("loaded %d %s images from %s", len(dataset), settings.split, data_dir)
     return dataset
 
@@ -80,7 +70,7 @@ def run(settings: ProducerSettings, stop: StopFlag) -> int:
 
 def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe) -> int:
     dataset = load_dataset(settings)
-    indices = choose_indices(len(dataset), settings.count, settings.order, settings.start, settings.seed)
+    indices = settings.indices()
     current = open_run(settings.state_dir, settings.run_id)
     log.info("%s: %d %s images", current.describe(), len(indices), settings.split)
     publisher = Publisher(settings, SERVICE, topics=[settings.images_topic])

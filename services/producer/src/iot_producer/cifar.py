@@ -14,17 +14,16 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from iot_shared.errors import DataError
+from iot_shared.run_plan import Split
 from iot_shared.schema import CLASSES, IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-Split = Literal["test", "train"]
 SPLIT_FILES: dict[Split, tuple[str, ...]] = {
     "test": ("test_batch.bin",),
     "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),

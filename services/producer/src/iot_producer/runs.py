@@ -1,41 +1,30 @@
-"""Runs and image IDs: a restarted producer sends the same images under the same IDs.
+"""Runs: a restarted producer sends the same images under the same IDs.
 
-An image's ID is a UUIDv5 of the dataset, split, image index, its position in the run (so a
-run that wraps around or samples with replacement still gives each message its own ID) and the
-run id. The run id is `IOT_RUN_ID` when set; otherwise it is kept in `<state_dir>/run-id`,
-created when a run starts and removed only when a run ended with every image delivered. So a
-producer that crashed, was stopped or failed to deliver resumes the same run with the same IDs
-(the sink merges a replay into the same document, writing nothing), and the start after a
-finished run begins a new run with new IDs.
+An image's ID derives from the run id and the plan (`iot_shared.run_plan`). The run id is
+`IOT_RUN_ID` when set; otherwise it is kept in `<state_dir>/run-id`, created when a run starts
+and removed only when a run ended with every image delivered. So a producer that crashed, was
+stopped or failed to deliver resumes the same run with the same IDs (the sink merges a replay
+into the same document, writing nothing), and the start after a finished run begins a new run
+with new IDs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from iot_shared.errors import ConfigError
+from iot_shared.run_plan import RUN_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
-DATASET = "cifar10"
-# uuid5(NAMESPACE_URL, "urn:iot-pipeline:image-id"). Fixed forever: changing it would give every
-# image of a resumed run a new ID.
-IMAGE_ID_NAMESPACE = uuid.UUID("f0ecd133-1ca3-5609-956f-0a3b763f38c3")
 RUN_ID_FILE = "run-id"
 STATE_DIR_HINT = (
     "make IOT_STATE_DIR a writable folder that survives restarts (a volume in a container), or set IOT_RUN_ID"
 )
-RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,99}")
-
-
-def image_id(run_id: str, split: str, index: int, position: int, dataset: str = DATASET) -> str:
-    """The ID of the image at `index` of `split`, sent at `position` of run `run_id`."""
-    return str(uuid.uuid5(IMAGE_ID_NAMESPACE, f"{dataset}/{split}/{index}/{position}/{run_id}"))
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from iot_producer.cifar import Split
-from iot_producer.runs import RUN_ID_PATTERN
+from iot_shared.run_plan import RUN_ID_PATTERN, RunPlan
 from iot_shared.settings import ServiceSettings
 
 
-class ProducerSettings(ServiceSettings):
+class ProducerSettings(ServiceSettings, RunPlan):
     metrics_port: int = Field(
         8001, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )
@@ -26,15 +24,10 @@ class ProducerSettings(ServiceSettings):
         Path.home() / ".cache" / "iot-pipeline" / "cifar10",
         description="Where the downloaded CIFAR-10 archive is kept",
     )
-    split: Split = Field("test", description="Which CIFAR-10 split to send")
-    count: int = Field(6, ge=0, description="How many images to send (0 = the whole split)")
     interval_seconds: float = Field(10.0, ge=0, description="Seconds between two images")
     rate: float | None = Field(
         None, ge=0, description="Images per second, overrides interval-seconds (0 = full speed)"
     )
-    order: Literal["sequential", "random"] = Field("sequential", description="Which images")
-    start: int = Field(0, ge=0, description="First index for sequential order")
-    seed: int = Field(0, description="Seed for random order")
     source_id: str = Field(
         default_factory=lambda: f"producer@{socket.gethostname()}",
         min_length=1,
@@ -54,12 +47,6 @@ class ProducerSettings(ServiceSettings):
         description="Where the current run id is kept until every image of the run is delivered; "
         "must survive restarts (a volume in a container)",
     )
-
-    @field_validator("run_id", mode="before")
-    @classmethod
-    def _empty_run_id_is_unset(cls, value: object) -> object:
-        # `IOT_RUN_ID=` (as a template renders an unset variable) means: no run id given.
-        return None if value == "" else value
 
     @property
     def seconds_between_images(self) -> float:

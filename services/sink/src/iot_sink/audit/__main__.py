@@ -1,0 +1,5 @@
+import sys
+
+from iot_sink.audit import main
+
+sys.exit(main())
