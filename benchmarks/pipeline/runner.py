@@ -23,23 +23,8 @@ from benchmarks.pipeline.model import TORCH_DEFAULT_THREADS, measure_model, serv
 from benchmarks.pipeline.progress import Phases
 from benchmarks.pipeline.results import BenchResult
 from iot_producer.cifar import load_split
-from tests.integration.private_stack import STACK_SCRIPT, PrivateStack
+from tests.integration.private_stack import PrivateStack
 from tests.paths import CIFAR_DIR, WEIGHTS
-
-
-class QuietStack(PrivateStack):
-    """The private stack, with stack.sh's own output in a log file rather than across the progress bars."""
-
-    def _script(self, command: str) -> None:
-        with (self.run_dir.parent / "stack.log").open("ab") as log:
-            subprocess.run(  # noqa: S603  (our own script, fixed arguments)
-                [str(STACK_SCRIPT), command],
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=True,
-                timeout=600,
-            )
 
 
 def run(config: BenchConfig, console: Console) -> BenchResult:
@@ -47,7 +32,8 @@ def run(config: BenchConfig, console: Console) -> BenchResult:
     (config.run_dir / "logs").mkdir(parents=True)
     result = BenchResult(config=_jsonable(dataclasses.asdict(config)), machine=machine_info())
     started = time.monotonic()
-    stack = QuietStack(config.run_dir / "stack")
+    # stack.sh's own output goes to a log file rather than across the progress bars.
+    stack = PrivateStack(config.run_dir / "stack", log_file=config.run_dir / "stack.log")
     broker: Broker | None = None
     with Phases(console) as phases:
         try:

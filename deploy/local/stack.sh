@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The no-Docker local stack for `make run` and `make test`: ZooKeeper, one Kafka broker (ZooKeeper
-# mode, as on VM2) and Apache CouchDB (built from source by couchdb.sh), each a background process
-# with a pid file and a log in the run dir. CouchDB may be a cluster of IOT_LOCAL_COUCHDB_NODES
-# nodes, node K on 127.0.0.K (couchdb, couchdb2, couchdb3, ...), all on the same ports.
+# The no-Docker local stack for `make run` and `make test`: ZooKeeper, Kafka (ZooKeeper mode, as on
+# VM2) and Apache CouchDB (built from source by couchdb.sh), each a background process with a pid
+# file and a log in the run dir. Kafka may be IOT_LOCAL_KAFKA_BROKERS brokers and CouchDB a cluster
+# of IOT_LOCAL_COUCHDB_NODES nodes: broker or node K on 127.0.0.K (kafka, kafka2, ...; couchdb,
+# couchdb2, ...), all on the same ports.
 #
 #   stack.sh install | start [NAME...] | stop [NAME...] | status | clean   (README.md has the settings)
-# NAME: zookeeper, kafka, couchdb or couchdbK (default: all of them).
+# NAME: zookeeper, kafka or kafkaK, couchdb or couchdbK (default: all of them).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +15,7 @@ RUN_DIR="${IOT_LOCAL_RUN_DIR:-$REPO/.run/local}"
 [[ "$RUN_DIR" == /* ]] || RUN_DIR="$PWD/$RUN_DIR" # services run from inside it
 ZOOKEEPER_PORT="${IOT_LOCAL_ZOOKEEPER_PORT:-2181}"
 KAFKA_PORT="${IOT_LOCAL_KAFKA_PORT:-9092}"
+KAFKA_BROKERS="${IOT_LOCAL_KAFKA_BROKERS:-1}"
 COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
 COUCHDB_METRICS_PORT="${IOT_LOCAL_COUCHDB_METRICS_PORT:-17986}"
 COUCHDB_NODES="${IOT_LOCAL_COUCHDB_NODES:-1}"
@@ -31,7 +33,17 @@ COUCHDB_RELEASE="$HERE/.couchdb"
   echo "stack: IOT_LOCAL_COUCHDB_NODES must be 1 to 9 (a cluster keeps 3 copies), not '$COUCHDB_NODES'" >&2
   exit 2
 }
-SERVICES=(zookeeper kafka couchdb) # start order; stop goes in reverse
+[[ "$KAFKA_BROKERS" =~ ^[1-9]$ ]] || {
+  echo "stack: IOT_LOCAL_KAFKA_BROKERS must be 1 to 9 (3 keep 3 copies of every record), not '$KAFKA_BROKERS'" >&2
+  exit 2
+}
+# Durability from the broker count, as the Ansible role derives it: every topic (internal ones
+# too) on min(3, brokers) replicas, and with 3 or more a write acknowledged by at least 2.
+REPLICATION_FACTOR=$((KAFKA_BROKERS < 3 ? KAFKA_BROKERS : 3))
+MIN_INSYNC_REPLICAS=$((KAFKA_BROKERS < 3 ? 1 : 2))
+SERVICES=(zookeeper kafka) # start order; stop goes in reverse
+for ((k = 2; k <= KAFKA_BROKERS; k++)); do SERVICES+=("kafka$k"); done
+SERVICES+=(couchdb)
 for ((k = 2; k <= COUCHDB_NODES; k++)); do SERVICES+=("couchdb$k"); done
 
 log() { printf 'stack: %s\n' "$*" >&2; }
@@ -45,13 +57,20 @@ die() {
 # A stamp holds the sha256 of the file an install came from, so a changed pom/lock reinstalls.
 stamp_current() { [[ -f "$2" && "$(cat "$2")" == "$(sha256sum <"$1")" ]]; }
 
-install() {
-  if ! stamp_current "$HERE/pom.xml" "$LIBS/.pom.sha256"; then
-    log "resolving Kafka's jars from Maven Central into $LIBS"
-    rm -rf "$LIBS" # no jars of an older version left on the class path
-    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies
-    sha256sum <"$HERE/pom.xml" >"$LIBS/.pom.sha256"
+# resolve POM LIBS: the jars POM lists, from Maven Central into LIBS (the folder POM names).
+resolve() {
+  if ! stamp_current "$1" "$2/.pom.sha256"; then
+    log "resolving $(basename "$1")'s jars from Maven Central into $2"
+    rm -rf "$2" # no jars of an older version left on the class path
+    mvn -q -B -f "$1" dependency:copy-dependencies
+    sha256sum <"$1" >"$2/.pom.sha256"
   fi
+}
+
+install() {
+  resolve "$HERE/pom.xml" "$LIBS"
+  # Kafka 4, not run here: what a KRaft deployment installs (the deployment test's release).
+  resolve "$HERE/pom-kafka4.xml" "$HERE/.kafka4/libs"
   "$HERE/couchdb.sh" install
 }
 
@@ -73,14 +92,19 @@ alive() { [[ "$(ps -o stat= -p "$1" 2>/dev/null)" == [^Z]* ]]; }
 port_of() {
   case "$1" in
     zookeeper) echo "$ZOOKEEPER_PORT" ;;
-    kafka) echo "$KAFKA_PORT" ;;
+    kafka*) echo "$KAFKA_PORT" ;;
     couchdb*) echo "$COUCHDB_PORT" ;;
   esac
 }
 
-# node_of couchdbK: K (couchdb is node 1); ip_of NAME: the loopback address NAME listens on.
-node_of() { echo "${1#couchdb}" | sed 's/^$/1/'; }
-ip_of() { if [[ "$1" == couchdb* ]]; then echo "127.0.0.$(node_of "$1")"; else echo 127.0.0.1; fi; }
+# node_of kafkaK|couchdbK: K (kafka and couchdb are 1); ip_of NAME: the loopback address NAME listens on.
+node_of() { local k="${1#kafka}"; k="${k#couchdb}"; echo "${k:-1}"; }
+ip_of() { if [[ "$1" == zookeeper ]]; then echo 127.0.0.1; else echo "127.0.0.$(node_of "$1")"; fi; }
+bootstrap() { # every broker, separated by commas: IOT_KAFKA_BOOTSTRAP_SERVERS of the services
+  local k servers="127.0.0.1:$KAFKA_PORT"
+  for ((k = 2; k <= KAFKA_BROKERS; k++)); do servers+=",127.0.0.$k:$KAFKA_PORT"; done
+  echo "$servers"
+}
 couch_url() { echo "http://$(ip_of "$1"):$COUCHDB_PORT"; } # couch_url NAME
 couch_node_name() { echo "couchdb-$COUCHDB_PORT@$(ip_of "$1")"; } # its Erlang node name
 couch_urls() { # every node's URL, separated by commas: IOT_COUCHDB_URL of the services
@@ -106,9 +130,10 @@ zk_4lw() { # zk_4lw WORD: ZooKeeper's answer to a four-letter word (whitelisted 
   (exec 3<>"/dev/tcp/127.0.0.1/$ZOOKEEPER_PORT" && printf '%s' "$1" >&3 && timeout 2 cat <&3) 2>/dev/null || true
 }
 zookeeper_ok() { [[ "$(zk_4lw ruok)" == imok ]]; }
-broker_registered() { [[ "$(zk_4lw dump)" == *"/brokers/ids/0"* ]]; }
-kafka_ok() { # the port opens before the broker serves; the log line comes after it does
-  port_open "$KAFKA_PORT" && grep -q 'started (kafka.server.KafkaServer)' "$RUN_DIR/kafka.log" 2>/dev/null
+broker_id() { echo $(($(node_of "$1") - 1)); } # broker_id kafkaK: K-1 (kafka is broker 0)
+broker_registered() { [[ "$(zk_4lw dump)" == *"/brokers/ids/$(broker_id "$1")"* ]]; }
+kafka_ok() { # kafka_ok NAME: the port opens before the broker serves; the log line comes after it does
+  port_open "$KAFKA_PORT" "$(ip_of "$1")" && grep -q 'started (kafka.server.KafkaServer)' "$RUN_DIR/$1.log" 2>/dev/null
 }
 couch_node_ok() { # couch_node_ok NAME: /_up answers once it serves; the admin's request proves the ini took
   curl -fs -m 5 -o /dev/null "$(couch_url "$1")/_up" &&
@@ -117,7 +142,8 @@ couch_node_ok() { # couch_node_ok NAME: /_up answers once it serves; the admin's
 ok() { # ok NAME: NAME's health check
   case "$1" in
     couchdb*) couch_node_ok "$1" ;;
-    *) "${1}_ok" ;;
+    kafka*) kafka_ok "$1" ;;
+    zookeeper) zookeeper_ok ;;
   esac
 }
 
@@ -178,21 +204,25 @@ PROPS
   launch_java zookeeper 256m org.apache.zookeeper.server.quorum.QuorumPeerMain "$RUN_DIR/zookeeper.properties"
 }
 
-launch_kafka() {
-  mkdir -p "$RUN_DIR/kafka-logs"
-  cat >"$RUN_DIR/server.properties" <<PROPS
-broker.id=0
+launch_kafka() { # launch_kafka NAME: broker NAME (kafka or kafkaK) on 127.0.0.K
+  local name="$1" ip id
+  ip="$(ip_of "$name")" id="$(broker_id "$name")"
+  mkdir -p "$RUN_DIR/$name-logs"
+  cat >"$RUN_DIR/$name.properties" <<PROPS
+broker.id=$id
 zookeeper.connect=127.0.0.1:$ZOOKEEPER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-log.dirs=$RUN_DIR/kafka-logs
+listeners=PLAINTEXT://$ip:$KAFKA_PORT
+advertised.listeners=PLAINTEXT://$ip:$KAFKA_PORT
+log.dirs=$RUN_DIR/$name-logs
 num.partitions=3
-# One broker: internal topics and writes cannot ask for more than one replica.
-offsets.topic.replication.factor=1
+default.replication.factor=$REPLICATION_FACTOR
+offsets.topic.replication.factor=$REPLICATION_FACTOR
 offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-min.insync.replicas=1
+transaction.state.log.replication.factor=$REPLICATION_FACTOR
+transaction.state.log.min.isr=$MIN_INSYNC_REPLICAS
+min.insync.replicas=$MIN_INSYNC_REPLICAS
+# Only an in-sync replica may lead: an out-of-date one would drop acknowledged records.
+unclean.leader.election.enable=false
 # Topics are created on purpose (iot_shared.topics); a typo in a topic name must fail, not create one.
 auto.create.topics.enable=false
 # A killed broker's registration outlives it by this long, and a restarted one waits for that.
@@ -203,14 +233,14 @@ PROPS
   # A killed broker's registration (an ephemeral node) outlives it until its ZooKeeper session
   # expires (zookeeper.session.timeout.ms); a new broker with the same id exits on finding it, so wait it out.
   local deadline=$((SECONDS + START_TIMEOUT))
-  if broker_registered; then
-    log "waiting for the last broker's ZooKeeper session to expire"
-    while broker_registered; do
-      ((SECONDS < deadline)) || die "broker 0 still registered in ZooKeeper after ${START_TIMEOUT}s"
+  if broker_registered "$name"; then
+    log "waiting for the last $name's ZooKeeper session to expire"
+    while broker_registered "$name"; do
+      ((SECONDS < deadline)) || die "broker $id still registered in ZooKeeper after ${START_TIMEOUT}s"
       sleep 0.5
     done
   fi
-  launch_java kafka 512m kafka.Kafka "$RUN_DIR/server.properties"
+  launch_java "$name" 512m kafka.Kafka "$RUN_DIR/$name.properties"
 }
 
 # once FILE: a random token kept in the run dir, the same for every node of the cluster.
@@ -306,21 +336,23 @@ healthy() { running "$1" && ok "$1"; }
 start() {
   install
   mkdir -p "$RUN_DIR"
-  local name ip port started=0 names=("$@")
+  local name kind ip port started=0 names=("$@")
   ((${#names[@]})) || names=("${SERVICES[@]}")
   for name in "${names[@]}"; do
     if ! running "$name"; then
       port="$(port_of "$name")" ip="$(ip_of "$name")"
-      port_free "$port" "$ip" || die "port $ip:$port is taken by another process; stop it or set IOT_LOCAL_${name^^}_PORT"
-      if [[ "$name" == couchdb* ]]; then
-        port_free "$COUCHDB_METRICS_PORT" "$ip" ||
-          die "port $ip:$COUCHDB_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_METRICS_PORT"
-        log "starting $name on $ip:$port"
-        launch_couchdb "$name"
-      else
-        log "starting $name on $ip:$port"
-        "launch_$name"
-      fi
+      kind="${name%%[0-9]*}"
+      port_free "$port" "$ip" || die "port $ip:$port is taken by another process; stop it or set IOT_LOCAL_${kind^^}_PORT"
+      log "starting $name on $ip:$port"
+      case "$name" in
+        couchdb*)
+          port_free "$COUCHDB_METRICS_PORT" "$ip" ||
+            die "port $ip:$COUCHDB_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_METRICS_PORT"
+          launch_couchdb "$name"
+          ;;
+        kafka*) launch_kafka "$name" ;;
+        zookeeper) launch_zookeeper ;;
+      esac
       started=1
     fi
     wait_for "$name" || die "$name did not start; \`$0 stop\` stops what did"
@@ -331,10 +363,10 @@ start() {
   fi
   ((started)) || log "already running and healthy"
   if (($# == 0)); then
-    echo "Kafka bootstrap server: 127.0.0.1:$KAFKA_PORT"
+    echo "Kafka bootstrap servers: $(bootstrap)"
     echo "CouchDB: $(couch_urls) (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
     echo "CouchDB's metrics: http://127.0.0.1:$COUCHDB_METRICS_PORT/_node/_local/_prometheus (each node on its address)"
-    echo "Logs: $RUN_DIR/{zookeeper,kafka,couchdb}.log"
+    echo "Logs: $RUN_DIR/{zookeeper,kafka*,couchdb*}.log"
   fi
 }
 
@@ -354,15 +386,13 @@ stop_one() {
   rm -f "$RUN_DIR/$name.pid"
 }
 
-# stop [NAME...]: the named servers (all by default, in reverse start order).
+# stop [NAME...]: the named servers (all by default), in reverse start order whatever order they are
+# named in: a broker shuts down cleanly only while ZooKeeper is still there.
 stop() {
-  # Reverse order: the broker shuts down cleanly only while ZooKeeper is still there.
   local i
-  if (($#)); then
-    for i in "$@"; do stop_one "$i"; done
-    return
-  fi
-  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${SERVICES[i]}"; done
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+    if (($# == 0)) || [[ " $* " == *" ${SERVICES[i]} "* ]]; then stop_one "${SERVICES[i]}"; fi
+  done
 }
 
 status() { # exit 0 when all are running and answering, 3 otherwise

@@ -51,16 +51,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="3: a CouchDB cluster, whose node the sinks write to is killed as well (default 1)",
     )
+    parser.add_argument(
+        "--kafka-brokers",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="3: a Kafka cluster (replication factor 3, min ISR 2): the leader is killed, a broker "
+        "loses its data, every broker is restarted in turn (default 1: the broker is killed twice)",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep Kafka's and CouchDB's data")
     return parser.parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> ChaosConfig:
     make_plan = PLANS[args.plan]
+    layout = {"couchdb_nodes": args.couchdb_nodes, "kafka_brokers": args.kafka_brokers}
     plan = (
-        make_plan(couchdb_nodes=args.couchdb_nodes)
+        make_plan(**layout)
         if args.couch_outage_seconds is None
-        else make_plan(args.couch_outage_seconds, args.couchdb_nodes)
+        else make_plan(args.couch_outage_seconds, **layout)
     )
     run_dir = args.run_dir or REPO / ".run" / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     return ChaosConfig(
@@ -72,6 +81,7 @@ def config_from(args: argparse.Namespace) -> ChaosConfig:
         sinks=args.sinks,
         static_membership=not args.dynamic_membership,
         couchdb_nodes=args.couchdb_nodes,
+        kafka_brokers=args.kafka_brokers,
         keep_data=args.keep_data,
     )
 
@@ -118,8 +128,9 @@ def print_result(result: ChaosResult, console: Console) -> None:
             )
         console.print(dead)
 
-    if result.audit is not None:
-        render_table(result.audit, console)
+    for report in (result.audit, result.run_audit):
+        if report is not None:
+            render_table(report, console)
 
     checks = Table(title=f"Checks ({result.seconds:.0f}s in all)")
     for column in ("check", "ok", "detail"):

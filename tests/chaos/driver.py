@@ -10,6 +10,7 @@ kept with its log as evidence; one that keeps crashing ends the run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -31,11 +32,12 @@ from confluent_kafka import (
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from iot_sink.audit import AuditSettings, Report, run_audit
 from tests.chaos.faults import Malformed, Role, Step, malformed_messages, near_limit_message
@@ -60,6 +62,7 @@ ASSIGNED = 'iot_consumer_rebalances_total{event="assign"}'
 DEAD_LETTERED_BY = {"images": ("inference", "sink"), "predictions": ("sink",)}
 BUSY_WINDOW = 3.0  # "consuming right now": its counter grew within this many seconds
 SCRAPE_EVERY = 0.5
+STALL_LIMIT = 10.0  # seconds: a cluster must take writes again this soon after losing a broker
 
 
 class ChaosAbortError(Exception):
@@ -81,6 +84,7 @@ class ChaosConfig:
     crash_limit: int = 5  # unexpected exits of one member before the run gives up
     static_membership: bool = True  # as Compose and Ansible deploy them: IOT_GROUP_INSTANCE_ID per instance
     couchdb_nodes: int = 1  # more: a CouchDB cluster (stack.sh's IOT_LOCAL_COUCHDB_NODES)
+    kafka_brokers: int = 1  # more: a Kafka cluster (stack.sh's IOT_LOCAL_KAFKA_BROKERS)
     keep_data: bool = False
 
     @property
@@ -98,6 +102,8 @@ class FaultRecord:
     fired_at: float | None = None  # seconds since the run started
     waited: float | None = None  # for the precondition
     serving_after: float | None = None  # seconds from firing until the victim served again
+    # A broker fault: the longest the producer could not write to some images partition, in s.
+    stall: float | None = None
     ok: bool = False
     note: str = ""
     # Seconds from firing until each part of "serving again" first held (a member, a service).
@@ -147,6 +153,7 @@ class ChaosResult:
     dead_letters: list[DeadLetterCheck]
     checks: list[Check]
     audit: Report | None
+    run_audit: Report | None  # against the run's own IDs, recomputed: no broker trusted
 
     @property
     def ok(self) -> bool:
@@ -155,6 +162,7 @@ class ChaosResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["audit"] = self.audit.to_json() if self.audit else None
+        data["run_audit"] = self.run_audit.to_json() if self.run_audit else None
         data["ok"] = self.ok
         return data
 
@@ -302,6 +310,56 @@ class DeadLetterTail:
         self.consumer.close()
 
 
+class ClusterWatch:
+    """What the broker faults read from the cluster: who leads the images topic, how far each of
+    its partitions got, and whether any partition of any topic is under-replicated.
+
+    Each question asks a new admin client: one that lived through a broker's death can keep
+    asking the dead leader (librdkafka's metadata for it goes stale) and never answer again."""
+
+    def __init__(self, bootstrap: str, topic: str, brokers: list[str]) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.brokers = brokers  # stack.sh's names; broker id K-1 is the K-th
+
+    def _admin(self) -> AdminClient:
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": kafka_log}
+        return AdminClient(config)
+
+    def leader(self) -> str:
+        """The broker that leads the most partitions of the images topic."""
+        partitions = self._admin().list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        leaders = [p.leader for p in partitions.values()]
+        return self.brokers[max(set(leaders), key=leaders.count)]
+
+    def marks(self) -> dict[int, int]:
+        """Each images partition's high watermark now; -1 for one that has no leader to answer."""
+        admin = self._admin()
+        try:
+            partitions = admin.list_topics(self.topic, timeout=5).topics[self.topic].partitions
+        except KafkaException:
+            return {}
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # (confluent-kafka's own stub)
+        futures = admin.list_offsets(
+            {TopicPartition(self.topic, p): latest for p in partitions}, request_timeout=2
+        )
+        marks = {}
+        for tp, future in futures.items():
+            try:
+                marks[tp.partition] = int(future.result(timeout=3).offset)
+            except (KafkaException, concurrent.futures.TimeoutError):
+                marks[tp.partition] = -1
+        return marks
+
+    def under_replicated(self) -> int:
+        """Partitions, of every topic, with fewer replicas in sync than they have; -1 when unknown."""
+        try:
+            topics = self._admin().list_topics(timeout=5).topics.values()
+        except KafkaException:
+            return -1
+        return sum(len(p.isrs) < len(p.replicas) for t in topics for p in t.partitions.values())
+
+
 @dataclass
 class Sent:
     malformed: Malformed
@@ -314,7 +372,7 @@ class ChaosRun:
     def __init__(self, config: ChaosConfig) -> None:
         self.config = config
         self.run_id = f"chaos-{uuid.uuid4().hex[:10]}"
-        self.stack = PrivateStack(config.run_dir / "stack", config.couchdb_nodes)
+        self.stack = PrivateStack(config.run_dir / "stack", config.couchdb_nodes, config.kafka_brokers)
         self.pipeline = Pipeline(self.stack.stack, config.run_dir / "logs", name=self.run_id)
         self.members: list[Member] = []
         self.faults: list[FaultRecord] = []
@@ -326,6 +384,7 @@ class ChaosRun:
         self.t0 = time.monotonic()
         self.last_scrape = 0.0
         self.dlq: DeadLetterTail | None = None
+        self.cluster: ClusterWatch | None = None
 
     # --- the run ---------------------------------------------------------------------
 
@@ -339,6 +398,7 @@ class ChaosRun:
     def _run(self) -> ChaosResult:
         checks: list[Check] = []
         report: Report | None = None
+        run_report: Report | None = None
         aborted = ""
         try:
             self._start()
@@ -353,12 +413,12 @@ class ChaosRun:
             assert self.dlq is not None
             self.dlq.catch_up()
             try:
-                report = self._audit()
+                report, run_report = self._audit(), self._audit(run_id=self.run_id)
             except Exception as exc:  # the run's evidence still gets reported
                 log.exception("audit failed")
                 checks = [Check("audit", False, f"the audit failed: {exc}")]
             else:
-                checks = self._checks(report, aborted)
+                checks = self._checks(report, run_report, aborted)
         finally:
             self._teardown()
         return ChaosResult(
@@ -373,6 +433,7 @@ class ChaosRun:
             dead_letters=self._dead_letter_checks(),
             checks=checks,
             audit=report,
+            run_audit=run_report,
         )
 
     def _start(self) -> None:
@@ -380,6 +441,9 @@ class ChaosRun:
         self.stack.start()
         self.pipeline.prepare(self.config.partitions)
         self.dlq = DeadLetterTail(self.stack.stack.bootstrap, self.pipeline.dlq_topic)
+        self.cluster = ClusterWatch(
+            self.stack.stack.bootstrap, self.pipeline.images_topic, self.stack.kafka_names
+        )
         for role, count in (("inference", self.config.inference), ("sink", self.config.sinks)):
             for index in range(count):
                 self._add_member(role, index).start()  # type: ignore[arg-type]
@@ -417,7 +481,9 @@ class ChaosRun:
         # Once no fault is left to spread, a restart re-sends the run at full speed: same IDs either way.
         rate = 0.0 if last else self.config.producer_rate
         producer.start(IOT_RATE=str(rate))
-        self.producer_runs.append({"started_at": self._now(), "rate": rate, "after": self.current_step})
+        self.producer_runs.append(
+            {"started_at": self._now(), "rate": rate, "after": self.current_step, "last": last}
+        )
 
     def _run_plan(self) -> None:
         while self.remaining:
@@ -450,6 +516,10 @@ class ChaosRun:
             self._signal_member(step, record, started)
         elif step.kind == "broker_kill":
             self._kill_broker(record, started)
+        elif step.kind in ("leader_kill", "broker_wipe"):
+            self._kill_leader(record, started, wipe=step.kind == "broker_wipe")
+        elif step.kind == "rolling_restart":
+            self._rolling_restart(record, started)
         elif step.kind == "couch_outage":
             self._couch_outage(step, record, started)
         elif step.kind == "couch_node_kill":
@@ -515,13 +585,18 @@ class ChaosRun:
         record.serving_after = round(time.monotonic() - fired, 1)
         record.ok = code == 0
 
-    def _kill_broker(self, record: FaultRecord, started: float) -> None:
-        record.victim = "kafka"
+    def _await_flowing(self, record: FaultRecord, started: float) -> None:
+        """Until every consumer is busy and the producer delivering at the same moment."""
         producer = self._producer()
         probes = {m.name: self._busy_probe(m, CONSUMED) for m in self.consumers()}
         probes["producer delivering"] = lambda: producer.grew(DELIVERED, time.monotonic() - BUSY_WINDOW)
         self._await_together("every consumer busy and the producer delivering", probes)
         record.waited = round(time.monotonic() - started, 1)
+
+    def _kill_broker(self, record: FaultRecord, started: float) -> None:
+        record.victim = "kafka"
+        producer = self._producer()
+        self._await_flowing(record, started)
         fired = self._fire(record)
         self.stack.kill("kafka")
         self.stack.start()  # waits out the dead broker's ZooKeeper session, then for the new one
@@ -532,6 +607,79 @@ class ChaosRun:
         probes["producer"] = lambda: producer.grew(DELIVERED, back) or producer.finished
         self._await_each("consuming and delivering after the broker restart", probes, record, fired)
         record.ok = True
+
+    def _kill_leader(self, record: FaultRecord, started: float, wipe: bool) -> None:
+        """kill -9 the broker that leads the most images partitions (and with `wipe`, delete its
+        data too): the others take over its partitions, and once it is back it copies from them."""
+        assert self.cluster is not None
+        self._await_flowing(record, started)
+        victim = record.victim = self.cluster.leader()
+        before = self.cluster.marks()
+        fired = self._fire(record)
+        self.stack.kill(victim)
+        if wipe:
+            shutil.rmtree(self.stack.run_dir / f"{victim}-logs")
+        self._await_writable(record, before, fired)
+        probes = {m.name: self._grew_probe(m, CONSUMED, fired) for m in self.consumers()}
+        self._await_each("every consumer consuming with a broker down", probes, record, fired)
+        self.stack.start(victim)  # waits out the dead broker's ZooKeeper session, then for the new one
+        self._await_in_sync(record, fired)
+        record.ok = True
+
+    def _rolling_restart(self, record: FaultRecord, started: float) -> None:
+        """Each broker in turn stopped (a controlled shutdown hands its partitions over first) and
+        started, the next only once no partition is under-replicated: how a redeploy rolls."""
+        assert self.cluster is not None
+        record.victim = ", ".join(self.stack.kafka_names)
+        self._await_flowing(record, started)
+        fired = self._fire(record)
+        for broker in self.stack.kafka_names:
+            before = self.cluster.marks()
+            down = time.monotonic()
+            self.stack.stop(broker)
+            self._await_writable(record, before, down, broker)
+            self.stack.start(broker)
+            self._await_in_sync(record, down, broker)
+        after = time.monotonic()
+        probes = {m.name: self._grew_probe(m, CONSUMED, after) for m in self.consumers()}
+        self._await_each("every consumer consuming after the roll", probes, record, fired)
+        record.ok = True
+
+    def _await_writable(
+        self, record: FaultRecord, before: dict[int, int], since: float, label: str = ""
+    ) -> None:
+        """Until every images partition took records again (or the producer is done): the stall."""
+        assert self.cluster is not None
+        cluster, producer = self.cluster, self._producer()
+        prefix = f"{label}: " if label else ""
+        pending = {p: f"{prefix}{self.pipeline.images_topic}[{p}] written" for p in before}
+
+        def all_written() -> bool:
+            now = cluster.marks()
+            for partition, name in list(pending.items()):
+                if now.get(partition, -1) > before[partition] or producer.finished:
+                    record.parts[name] = round(time.monotonic() - since, 1)
+                    del pending[partition]
+            return not pending
+
+        try:
+            wait_for(
+                "every images partition taking records", all_written, self.config.step_timeout, self.tick
+            )
+        except AssertionError:
+            raise AssertionError(f"timed out waiting for {', '.join(pending.values())}") from None
+        stall = max(record.parts[f"{prefix}{self.pipeline.images_topic}[{p}] written"] for p in before)
+        record.stall = max(stall, record.stall or 0.0)
+        record.add_note(f"{prefix}stall {stall:.1f}s")
+
+    def _await_in_sync(self, record: FaultRecord, since: float, label: str = "") -> None:
+        assert self.cluster is not None
+        cluster = self.cluster
+        name = f"{label}: every replica in sync" if label else "every replica in sync"
+        self._await_each(
+            "no partition under-replicated", {name: lambda: cluster.under_replicated() == 0}, record, since
+        )
+        record.add_note(f"{name} after {record.parts[name]:.1f}s")
 
     def _couch_outage(self, step: Step, record: FaultRecord, started: float) -> None:
         record.victim = "couchdb"
@@ -706,10 +854,13 @@ class ChaosRun:
                 what = "shutdown: SIGTERM ignored for 60s" if code is None else "shutdown (SIGTERM)"
                 self.crashes.append(Crash(member.name, code, self._now(), what, member.log_since_start(60)))
 
-    def _audit(self) -> Report:
+    def _audit(self, run_id: str | None = None) -> Report:
+        """The audit of what the topics hold, or with `run_id`, of the run's own IDs."""
         stack = self.stack.stack
+        plan = {"run_id": run_id, "count": self.config.images} if run_id else {}
         settings = AuditSettings.model_validate(
             {
+                **plan,
                 "kafka_bootstrap_servers": stack.bootstrap,
                 "images_topic": self.pipeline.images_topic,
                 "predictions_topic": self.pipeline.predictions_topic,
@@ -722,7 +873,7 @@ class ChaosRun:
         )
         return run_audit(settings)
 
-    def _checks(self, report: Report, aborted: str) -> list[Check]:
+    def _checks(self, report: Report, run_report: Report, aborted: str) -> list[Check]:
         n = self.config.images
         # Re-runs that only kept traffic up while faults remained may be stopped at shutdown.
         completed = [run for run in self.producer_runs if run.get("completed")]
@@ -738,6 +889,8 @@ class ChaosRun:
             Check("every ID stored once, complete", report.complete == report.produced and report.documents == report.produced,
                   f"{report.complete:,} complete, {report.documents:,} documents for {report.produced:,} IDs"),
             Check("0 lost", report.lost.count == 0, f"{report.lost.count:,} {report.lost.ids[:5]}"),
+            Check("0 lost of the run's own IDs (no broker trusted)", run_report.lost.count == 0 and run_report.complete == n,
+                  f"{run_report.lost.count:,} lost {run_report.lost.ids[:5]}, {run_report.complete:,} of {n:,} complete"),
             Check("0 extra", report.extra.count == 0, f"{report.extra.count:,} {report.extra.ids[:5]}"),
             Check("0 ground-truth mismatches", report.ground_truth_mismatch.count == 0, f"{report.ground_truth_mismatch.count:,}"),
             Check("0 incomplete", report.missing_prediction.count + report.missing_image.count == 0,
@@ -748,6 +901,11 @@ class ChaosRun:
             Check("every bad record in the topics dead-lettered (audit)", not report.not_dead_lettered and not report.dead_letter_reason_differs,
                   f"not dead-lettered {len(report.not_dead_lettered)}, other reason {len(report.dead_letter_reason_differs)}"),
         ]  # fmt: skip
+        stalls = [f for f in self.faults if f.stall is not None]
+        if self.config.kafka_brokers > 1:
+            slow = [f"{f.step}: {f.stall:.1f}s" for f in stalls if (f.stall or 0) > STALL_LIMIT]
+            checks.append(Check(f"the producer writing again within {STALL_LIMIT:.0f}s of each broker fault", bool(stalls) and not slow,
+                                ", ".join(slow) or ", ".join(f"{f.step}: {f.stall:.1f}s" for f in stalls)))  # fmt: skip
         return checks
 
     def _dead_letter_checks(self) -> list[DeadLetterCheck]:
@@ -773,7 +931,8 @@ class ChaosRun:
                 self.dlq.close()
         self.stack.stop()
         if not self.config.keep_data:
-            for data in ("kafka-logs", "zookeeper", *self.stack.couchdb_names):
+            brokers = [f"{name}-logs" for name in self.stack.kafka_names]
+            for data in (*brokers, "zookeeper", *self.stack.couchdb_names):
                 shutil.rmtree(self.stack.run_dir / data, ignore_errors=True)
 
     # --- watching --------------------------------------------------------------------
@@ -795,8 +954,9 @@ class ChaosRun:
     def _exited(self, member: Member, code: int | None) -> None:
         if member.role == "producer" and code == 0:
             self.producer_runs[-1].update(exit_code=0, ended_at=self._now(), completed=True)
-            if self.remaining:
+            if self.remaining and not self.producer_runs[-1]["last"]:
                 # The plan outlasted the run: send it again (same run id, same IDs) to keep traffic up.
+                # Not after the full-speed run that follows the last fault: no fault needs traffic then.
                 self._start_producer(member)
             else:
                 member.finished = True

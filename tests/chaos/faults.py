@@ -22,8 +22,19 @@ from PIL import Image
 from iot_shared.schema import ImageMessage, PredictionMessage
 
 StepKind = Literal[
-    "kill", "sigterm", "broker_kill", "couch_outage", "couch_node_kill", "malformed", "near_limit"
+    "kill",
+    "sigterm",
+    "broker_kill",
+    "leader_kill",
+    "broker_wipe",
+    "rolling_restart",
+    "couch_outage",
+    "couch_node_kill",
+    "malformed",
+    "near_limit",
 ]
+# The faults that take a broker down: the producer must be delivering again soon after each.
+BROKER_FAULTS = ("broker_kill", "leader_kill", "broker_wipe", "rolling_restart")
 Role = Literal["inference", "sink", "producer"]
 
 # The broker's (and librdkafka's) default limit is 1,000,000 bytes per message; this one fits
@@ -45,25 +56,39 @@ class Step:
             return f"CouchDB down {self.seconds:.0f}s"
         return {
             "broker_kill": "kill -9 broker",
+            "leader_kill": "kill -9 leader broker",
+            "broker_wipe": "broker restarted with its data wiped",
+            "rolling_restart": "rolling restart of every broker",
             "couch_node_kill": "kill -9 CouchDB node",
             "malformed": "malformed messages",
             "near_limit": f"{NEAR_LIMIT_BYTES:,}-byte message",
         }[self.kind]
 
 
-def full_plan(couch_outage_seconds: float = 30.0, couchdb_nodes: int = 1) -> list[Step]:
-    """`make chaos`: 5 kills of each consumer, a SIGTERM of each service, 2 broker kills, a
+def broker_faults(kafka_brokers: int) -> tuple[list[Step], list[Step]]:
+    """One broker: it is killed and restarted, twice. A cluster: first the broker that leads the
+    images topic is killed, then a broker loses its data, and every broker is restarted in turn."""
+    if kafka_brokers == 1:
+        return [Step("broker_kill")], [Step("broker_kill")]
+    return [Step("leader_kill")], [Step("broker_wipe"), Step("rolling_restart")]
+
+
+def full_plan(
+    couch_outage_seconds: float = 30.0, couchdb_nodes: int = 1, kafka_brokers: int = 1
+) -> list[Step]:
+    """`make chaos`: 5 kills of each consumer, a SIGTERM of each service, the broker faults, a
     CouchDB outage, a producer kill, and every malformed message, spread through the run; on a
     CouchDB cluster also 2 kills of the node the sinks write to.
     The near-limit message comes late: a consumer that crash-loops on it stops the run's other
     faults from proving anything, so they go first."""
     kill_inference, kill_sink = Step("kill", "inference"), Step("kill", "sink")
     node_kill = [Step("couch_node_kill")] if couchdb_nodes > 1 else []
+    early, late = broker_faults(kafka_brokers)
     return [
         Step("malformed"),
         kill_inference,
         kill_sink,
-        Step("broker_kill"),
+        *early,
         kill_inference,
         kill_sink,
         Step("sigterm", "inference"),
@@ -76,7 +101,7 @@ def full_plan(couch_outage_seconds: float = 30.0, couchdb_nodes: int = 1) -> lis
         kill_inference,
         kill_sink,
         *node_kill,
-        Step("broker_kill"),
+        *late,
         kill_inference,
         kill_sink,
         Step("near_limit"),
@@ -84,16 +109,20 @@ def full_plan(couch_outage_seconds: float = 30.0, couchdb_nodes: int = 1) -> lis
     ]
 
 
-def small_plan(couch_outage_seconds: float = 10.0, couchdb_nodes: int = 1) -> list[Step]:
+def small_plan(
+    couch_outage_seconds: float = 10.0, couchdb_nodes: int = 1, kafka_brokers: int = 1
+) -> list[Step]:
     """`make test`: one of each kind of fault, a short outage."""
     node_kill = [Step("couch_node_kill")] if couchdb_nodes > 1 else []
+    early, late = broker_faults(kafka_brokers)
     return [
         Step("malformed"),
         Step("kill", "inference"),
         Step("kill", "sink"),
         Step("sigterm", "inference"),
         Step("sigterm", "sink"),
-        Step("broker_kill"),
+        *early,
+        *(late if kafka_brokers > 1 else []),
         Step("couch_outage", seconds=couch_outage_seconds),
         *node_kill,
         Step("near_limit"),

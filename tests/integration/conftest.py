@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Pipeline, Stack
-from tests.paths import REPO
-
-STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
+from tests.integration.private_stack import STACK_SCRIPT
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,12 +1,14 @@
-"""A broker and CouchDB of a test's own, which it may kill and restart at will.
+"""Servers of a test's own, which it may kill and restart at will.
 
 The shared stack of `make test` must never go down under other tests, so fault tests run
 `deploy/local/stack.sh` a second time, with their own run dir and free ports (CouchDB's metrics
-port too).
+port too): the whole stack (`PrivateStack`), Kafka alone (`PrivateKafka`) or CouchDB alone
+(`PrivateCouch`). Broker or node K of a cluster listens on 127.0.0.K.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,7 +22,6 @@ from tests.ports import free_port
 from tests.waiting import wait_for
 
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
-COMPONENTS = ("zookeeper", "kafka", "couchdb")
 PASSWORD = "private-test-only"
 
 
@@ -38,51 +39,49 @@ def couch_env(run_dir: Path, port: int, nodes: int = 1) -> dict[str, str]:
     }
 
 
-def couch_names(nodes: int) -> list[str]:
-    """stack.sh's names of the CouchDB nodes: couchdb, couchdb2, couchdb3, ..."""
-    return ["couchdb", *(f"couchdb{k}" for k in range(2, nodes + 1))]
+def kafka_env(run_dir: Path, port: int, brokers: int = 1) -> dict[str, str]:
+    """stack.sh's settings for ZooKeeper (on a free port) and BROKERS brokers in RUN_DIR on PORT."""
+    return {
+        "IOT_LOCAL_RUN_DIR": str(run_dir),
+        "IOT_LOCAL_ZOOKEEPER_PORT": str(free_port()),
+        "IOT_LOCAL_KAFKA_PORT": str(port),
+        "IOT_LOCAL_KAFKA_BROKERS": str(brokers),
+    }
+
+
+def names(kind: str, count: int) -> list[str]:
+    """stack.sh's names of a cluster's members: couchdb, couchdb2, ...; kafka, kafka2, ..."""
+    return [kind, *(f"{kind}{k}" for k in range(2, count + 1))]
 
 
 def couch_urls(port: int, nodes: int) -> tuple[str, ...]:
-    """Node K listens on 127.0.0.K."""
     return tuple(f"http://127.0.0.{k}:{port}" for k in range(1, nodes + 1))
 
 
-class PrivateStack:
-    """With COUCHDB_NODES > 1, CouchDB is a cluster: node K (`couchdbK`, node 1 is `couchdb`)."""
+def bootstrap(port: int, brokers: int) -> str:
+    return ",".join(f"127.0.0.{k}:{port}" for k in range(1, brokers + 1))
 
-    def __init__(self, run_dir: Path, couchdb_nodes: int = 1) -> None:
+
+class PrivateServers:
+    """Some of stack.sh's servers (`names`; none = all of them) in a run dir of their own."""
+
+    def __init__(self, run_dir: Path, env: dict[str, str], names: list[str], log_file: Path | None) -> None:
         self.run_dir = run_dir
-        ports = {name: free_port() for name in COMPONENTS}
-        self.env = {
-            "IOT_LOCAL_ZOOKEEPER_PORT": str(ports["zookeeper"]),
-            "IOT_LOCAL_KAFKA_PORT": str(ports["kafka"]),
-            **couch_env(run_dir, ports["couchdb"], couchdb_nodes),
-        }
-        self.couchdb_names = couch_names(couchdb_nodes)
-        nodes = couch_urls(ports["couchdb"], couchdb_nodes)
-        self.stack = Stack(
-            bootstrap=f"127.0.0.1:{ports['kafka']}",
-            couchdb_url=nodes[0],
-            couchdb_user="admin",
-            couchdb_password=PASSWORD,
-            couchdb_metrics_url=f"http://127.0.0.1:{self.env['IOT_LOCAL_COUCHDB_METRICS_PORT']}",
-            couchdb_nodes=nodes if couchdb_nodes > 1 else (),
-        )
+        self.env = env
+        self.names = names
+        self.log_file = log_file  # stack.sh's own output; None = the test's
 
-    def start(self) -> None:
-        """Start whatever is not running (all of it at first) and wait until it answers."""
-        self._script("start")
+    def start(self, *names: str) -> None:
+        """Start the named servers (all by default) that are not running; stack.sh waits until
+        they answer (a restarted broker first waits out its dead self's ZooKeeper session)."""
+        self._script("start", *(names or self.names))
 
-    def stop(self, name: str | None = None) -> None:
-        if name is None:
-            self._script("stop")
-        else:
-            self._signal(name, signal.SIGTERM, wait=True)
+    def stop(self, *names: str) -> None:
+        self._script("stop", *(names or self.names))
 
     def kill(self, name: str) -> None:
-        """`kill -9` one component: a crash, with no clean shutdown."""
-        self._signal(name, signal.SIGKILL, wait=True)
+        """`kill -9` one server: a crash, with no clean shutdown."""
+        _signal(self.run_dir, name, signal.SIGKILL, wait=True)
 
     @contextmanager
     def down(self, name: str) -> Iterator[None]:
@@ -91,16 +90,75 @@ class PrivateStack:
         try:
             yield
         finally:
-            self.start()
+            self.start(name)
 
     def pid(self, name: str) -> int | None:
         return _pid(self.run_dir, name)
 
-    def _signal(self, name: str, sig: signal.Signals, wait: bool) -> None:
-        _signal(self.run_dir, name, sig, wait)
+    def _script(self, *args: str) -> None:
+        env = {**os.environ, **self.env}
+        if self.log_file is None:
+            subprocess.run([str(STACK_SCRIPT), *args], env=env, check=True, timeout=600)
+            return
+        with self.log_file.open("ab") as log:
+            subprocess.run(
+                [str(STACK_SCRIPT), *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=600,
+            )
 
-    def _script(self, command: str) -> None:
-        subprocess.run([str(STACK_SCRIPT), command], env={**os.environ, **self.env}, check=True, timeout=600)
+
+class PrivateStack(PrivateServers):
+    """ZooKeeper, Kafka (KAFKA_BROKERS brokers) and CouchDB (COUCHDB_NODES nodes)."""
+
+    def __init__(
+        self, run_dir: Path, couchdb_nodes: int = 1, kafka_brokers: int = 1, log_file: Path | None = None
+    ) -> None:
+        kafka_port, couch_port = free_port(), free_port()
+        env = {
+            **kafka_env(run_dir, kafka_port, kafka_brokers),
+            **couch_env(run_dir, couch_port, couchdb_nodes),
+        }
+        super().__init__(run_dir, env, [], log_file)
+        self.couchdb_names = names("couchdb", couchdb_nodes)
+        self.kafka_names = names("kafka", kafka_brokers)
+        nodes = couch_urls(couch_port, couchdb_nodes)
+        self.stack = Stack(
+            bootstrap=bootstrap(kafka_port, kafka_brokers),
+            couchdb_url=nodes[0],
+            couchdb_user="admin",
+            couchdb_password=PASSWORD,
+            couchdb_metrics_url=f"http://127.0.0.1:{env['IOT_LOCAL_COUCHDB_METRICS_PORT']}",
+            couchdb_nodes=nodes if couchdb_nodes > 1 else (),
+        )
+
+
+class PrivateKafka(PrivateServers):
+    """ZooKeeper and BROKERS brokers of the test's own, beside the shared stack's CouchDB."""
+
+    def __init__(self, stack: Stack, run_dir: Path, brokers: int = 1) -> None:
+        port = free_port()
+        super().__init__(
+            run_dir, kafka_env(run_dir, port, brokers), ["zookeeper", *names("kafka", brokers)], None
+        )
+        self.brokers = names("kafka", brokers)
+        self.stack = dataclasses.replace(stack, bootstrap=bootstrap(port, brokers))
+
+
+class PrivateCouch(PrivateServers):
+    """A CouchDB of the test's own, set up like the shared one (`iot-couchdb-setup`), beside the
+    shared stack's broker. With NODES > 1, a cluster."""
+
+    def __init__(self, stack: Stack, run_dir: Path, nodes: int = 1) -> None:
+        port = free_port()
+        super().__init__(run_dir, couch_env(run_dir, port, nodes), names("couchdb", nodes), None)
+        urls = couch_urls(port, nodes)
+        self.stack = Stack(
+            stack.bootstrap, urls[0], "admin", PASSWORD, couchdb_nodes=urls if nodes > 1 else ()
+        )
 
 
 def _pid(run_dir: Path, name: str) -> int | None:
@@ -134,51 +192,31 @@ def _wait_gone(pid: int, timeout: float = 60) -> None:
     wait_for(f"process {pid} to exit", gone, timeout)
 
 
-class PrivateCouch:
-    """A CouchDB of the test's own (`stack.sh start couchdb` with its own run dir and port), set
-    up like the shared one (`iot-couchdb-setup`), that it may stop and start at will, keeping its
-    data. With NODES > 1, a cluster: node K (`couchdbK`, node 1 is `couchdb`) on 127.0.0.K."""
-
-    def __init__(self, stack: Stack, run_dir: Path, nodes: int = 1) -> None:
-        port = free_port()
-        self.run_dir = run_dir
-        self.names = couch_names(nodes)
-        self.env = {**os.environ, **couch_env(run_dir, port, nodes)}
-        urls = couch_urls(port, nodes)
-        self.stack = Stack(
-            stack.bootstrap, urls[0], "admin", PASSWORD, couchdb_nodes=urls if nodes > 1 else ()
-        )
-
-    def start(self, *names: str) -> None:
-        """Start the named nodes (all by default) and wait until they answer (stack.sh waits)."""
-        self._script("start", *(names or self.names))
-
-    def stop(self, *names: str) -> None:
-        self._script("stop", *(names or self.names))
-
-    def kill(self, name: str) -> None:
-        """`kill -9` one node: a crash, with no clean shutdown."""
-        _signal(self.run_dir, name, signal.SIGKILL, wait=True)
-
-    def _script(self, *args: str) -> None:
-        subprocess.run([str(STACK_SCRIPT), *args], env=self.env, check=True, timeout=300)
+@contextmanager
+def running(servers: PrivateServers) -> Iterator[PrivateServers]:
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
 
 
 @contextmanager
 def private_couch(stack: Stack, run_dir: Path, nodes: int = 1) -> Iterator[PrivateCouch]:
     couch = PrivateCouch(stack, run_dir, nodes)
-    couch.start()
-    try:
+    with running(couch):
         yield couch
-    finally:
-        couch.stop()
 
 
 @contextmanager
-def private_stack(run_dir: Path) -> Iterator[PrivateStack]:
-    stack = PrivateStack(run_dir)
-    stack.start()
-    try:
+def private_kafka(stack: Stack, run_dir: Path, brokers: int = 1) -> Iterator[PrivateKafka]:
+    kafka = PrivateKafka(stack, run_dir, brokers)
+    with running(kafka):
+        yield kafka
+
+
+@contextmanager
+def private_stack(run_dir: Path, kafka_brokers: int = 1) -> Iterator[PrivateStack]:
+    stack = PrivateStack(run_dir, kafka_brokers=kafka_brokers)
+    with running(stack):
         yield stack
-    finally:
-        stack.stop()

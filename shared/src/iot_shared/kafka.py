@@ -59,22 +59,57 @@ def wait_for_topics(settings: ServiceSettings, topics: Sequence[str], stop: Stop
     wait_until("Kafka", check, stop, timeout, (ConnectionError, MissingTopicsError))
 
 
+class UnderReplicatedTopicsError(PipelineError):
+    """Topics exist with fewer replicas than the cluster should keep of them."""
+
+
+def min_insync_replicas(replicas: int) -> int:
+    """With 3 copies an acknowledged write is on at least 2 of them: one broker may die without
+    losing it or stopping writes. With fewer, every copy there is."""
+    return 2 if replicas >= 3 else 1
+
+
 def ensure_topics(
     settings: ServiceSettings,
     partitions: dict[str, int],
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     timeout: float = 30.0,
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns those created. Safe to run again."""
+    """Create the topics that do not exist yet, each with `replication_factor` replicas (unset:
+    3, or one per broker when the cluster has fewer); returns those created. Safe to run again.
+
+    Raises UnderReplicatedTopicsError naming the topics that already exist with fewer replicas:
+    they are never altered (a reassignment is an operator's decision), but never left unsaid.
+    """
     admin = AdminClient(base_config(settings, "iot-topics"))
     deadline = time.monotonic() + timeout
-    new = [NewTopic(name, n, replication_factor) for name, n in partitions.items()]
+    metadata = admin.list_topics(timeout=timeout)
+    replicas = replication_factor or min(3, len(metadata.brokers))
+    existing = {name: metadata.topics[name] for name in partitions if name in metadata.topics}
+    fewest = {
+        name: min(len(p.replicas) for p in t.partitions.values())
+        for name, t in existing.items()
+        if t.partitions
+    }
+    short = {name: n for name, n in fewest.items() if n < replicas}
+    new = [
+        NewTopic(name, n, replicas, config={"min.insync.replicas": str(min_insync_replicas(replicas))})
+        for name, n in partitions.items()
+        if name not in existing
+    ]
+    futures = admin.create_topics(new, request_timeout=timeout) if new else {}
     created = []
-    for name, future in admin.create_topics(new, request_timeout=timeout).items():
+    for name, future in futures.items():
         try:
             future.result(timeout=max(1.0, deadline - time.monotonic()))
             created.append(name)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    if short:
+        listed = ", ".join(f"{name} ({n} of {replicas})" for name, n in sorted(short.items()))
+        raise UnderReplicatedTopicsError(
+            f"topics with fewer replicas than {replicas}: {listed}; add replicas with "
+            "kafka-reassign-partitions, or set IOT_REPLICATION_FACTOR to what they have"
+        )
     return created

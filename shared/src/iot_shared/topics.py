@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from iot_shared.errors import ConfigError
-from iot_shared.kafka import ensure_topics
+from iot_shared.kafka import UnderReplicatedTopicsError, ensure_topics
 from iot_shared.logs import configure_logging
 from iot_shared.settings import ServiceSettings, load_settings
 
@@ -20,7 +20,11 @@ class TopicSettings(ServiceSettings):
     images_partitions: int = Field(3, ge=1, description="Partitions of the images topic")
     predictions_partitions: int = Field(3, ge=1, description="Partitions of the predictions topic")
     dlq_partitions: int = Field(1, ge=1, description="Partitions of the dead-letter topic")
-    replication_factor: int = Field(1, ge=1, description="Replicas of each topic")
+    replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas of each new topic; unset = 3, or one per broker when there are fewer",
+    )
     timeout_seconds: float = Field(60.0, gt=0, description="How long to wait for the broker")
 
 
@@ -36,7 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.predictions_topic: settings.predictions_partitions,
         settings.dlq_topic: settings.dlq_partitions,
     }
-    created = ensure_topics(settings, wanted, settings.replication_factor, settings.timeout_seconds)
+    try:
+        created = ensure_topics(settings, wanted, settings.replication_factor, settings.timeout_seconds)
+    except UnderReplicatedTopicsError as exc:
+        log.error("%s", exc)
+        return 1
     log.info("topics ready: %s (created: %s)", ", ".join(wanted), ", ".join(created) or "none")
     return 0
 
