@@ -371,6 +371,7 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
             "/etc/kafka/tools-log4j.properties",
             "/etc/systemd/system/kafka.service",
             "/etc/systemd/system/zookeeper.service",
+            "/var/lib/zookeeper/myid",
         },
         inventory.host("inference"): common | docker | service("inference"),
         inventory.host("sink"): common
@@ -403,6 +404,10 @@ def test_kafka_advertises_and_connects_to_zookeeper_on_the_broker_address(
     props = read_properties(rendered.file(inventory.host("broker"), "/etc/kafka/server.properties"))
     assert props["advertised.listeners"] == f"PLAINTEXT://{broker}:9092"
     assert props["zookeeper.connect"] == f"{broker}:2181"
+    # One broker: one copy of everything, and never an unclean leader.
+    assert props["broker.id"] == "1"
+    assert props["default.replication.factor"] == props["offsets.topic.replication.factor"] == "1"
+    assert props["min.insync.replicas"] == "1" and props["unclean.leader.election.enable"] == "false"
     assert props["listeners"] == "PLAINTEXT://0.0.0.0:9092"
     assert props["log.dirs"] == "/var/lib/kafka/data"
     zk = read_properties(rendered.file(inventory.host("broker"), "/etc/kafka/zookeeper.properties"))
@@ -467,11 +472,11 @@ def test_zookeeper_and_kafka_log_to_their_own_files(rendered: Render, inventory:
     assert tools["log4j.appender.stderr.Target"] == "System.err", "tool output on stdout is parsed"
 
 
-def test_kraft_mode_drops_zookeeper_and_keeps_the_broker_address(
+def test_kraft_mode_runs_kafka_4_without_zookeeper_on_the_broker_address(
     ansible_home: Path, tmp_path: Path, inventory: Inventory, secret_values: Secrets
 ) -> None:
     result = render_site(
-        ansible_home, tmp_path, {**secret_values.extra_vars, "kafka_kraft_enabled": True}, "--limit", "broker"
+        ansible_home, tmp_path, {**secret_values.extra_vars, "iot_kafka_mode": "kraft"}, "--limit", "broker"
     )
     assert result.returncode == 0, output(result)
     broker, host = inventory.address("broker"), inventory.host("broker")
@@ -483,8 +488,17 @@ def test_kraft_mode_drops_zookeeper_and_keeps_the_broker_address(
     assert props["advertised.listeners"] == f"PLAINTEXT://{broker}:9092"
     assert "zookeeper.connect" not in props
     unit = render.file(host, "/etc/systemd/system/kafka.service").read_text()
-    assert "zookeeper" not in unit
-    assert exec_starts(unit)[0][-2:] == ["kafka.Kafka", "/etc/kafka/server.properties"]
+    assert "zookeeper" not in unit and "Apache Kafka 4." in unit
+    command = exec_starts(unit)[0]
+    assert command[-2:] == ["kafka.Kafka", "/etc/kafka/server.properties"]
+    # Kafka 4 logs with log4j 2, to the same files.
+    assert "-Dlog4j2.configurationFile=/etc/kafka/kafka-log4j2.properties" in command
+    log4j2 = read_properties(render.file(host, "/etc/kafka/kafka-log4j2.properties"))
+    assert log4j2["appender.server.fileName"] == "/var/log/kafka/server.log"
+    assert (
+        read_properties(render.file(host, "/etc/kafka/tools-log4j2.properties"))["appender.stderr.target"]
+        == "SYSTEM_ERR"
+    )
 
 
 def service_env(rendered: Render, inventory: Inventory, name: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -889,7 +903,7 @@ def test_the_cluster_nodes_reach_each_other_and_no_one_else_reaches_erlang(
 @pytest.mark.parametrize(
     ("couchdb_hosts", "cookie", "message"),
     [
-        (["vm4", "vm5"], COOKIE, "2 nodes cannot lose one"),
+        (["vm4", "vm5"], COOKIE, "2 cannot lose one"),
         (list(COUCHDB_NODES), "CHANGE-ME-couchdb-erlang-cookie", "vault.example.yml"),
     ],
     ids=["two-nodes", "placeholder-cookie"],
@@ -905,5 +919,102 @@ def test_a_cluster_of_two_or_without_a_cookie_is_refused(
     inventory = cluster_inventory(tmp_path / "inventory.ini", couchdb_hosts)
     extra = {**secret_values.extra_vars, "vault_couchdb_erlang_cookie": cookie}
     result = render_site(ansible_home, tmp_path / "render", extra, inventory=inventory)
+    assert result.returncode != 0, output(result)
+    assert message in result.stdout, output(result)
+
+
+# --- a Kafka cluster -----------------------------------------------------------------------
+
+BROKERS = {"vm5": "10.0.0.15", "vm6": "10.0.0.16", "vm7": "10.0.0.17"}
+CLUSTER_EXAMPLES = {
+    mode: ANSIBLE / f"inventory.{mode}-cluster.example.ini" for mode in ("zookeeper", "kraft")
+}
+
+
+@pytest.fixture(scope="module", params=list(CLUSTER_EXAMPLES))
+def brokers(
+    request: pytest.FixtureRequest,
+    ansible_home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    secret_values: Secrets,
+) -> tuple[str, Render]:
+    """The README's example cluster inventories: three brokers (vm5, vm6, vm7) in either mode, and
+    two inference hosts (vm2, vm3)."""
+    mode = request.param
+    out = tmp_path_factory.mktemp(f"brokers-{mode}")
+    extra = {**secret_values.extra_vars, "iot_controller_address": CONTROLLER, "iot_kafka_mode": mode}
+    result = render_site(ansible_home, out, extra, inventory=CLUSTER_EXAMPLES[mode])
+    assert result.returncode == 0, output(result)
+    return mode, Render(out, result.stdout + result.stderr)
+
+
+def test_three_brokers_keep_three_copies_and_need_two_for_a_write(brokers: tuple[str, Render]) -> None:
+    mode, render = brokers
+    # Broker id K on the K-th broker of the inventory, whose order the playbook keeps.
+    for broker_id, host in enumerate(BROKERS, 1):
+        props = read_properties(render.file(host, "/etc/kafka/server.properties"))
+        assert props["broker.id" if mode == "zookeeper" else "node.id"] == str(broker_id), host
+        assert props["advertised.listeners"] == f"PLAINTEXT://{BROKERS[host]}:9092", host
+        assert props["default.replication.factor"] == props["offsets.topic.replication.factor"] == "3", host
+        assert props["transaction.state.log.replication.factor"] == "3", host
+        assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2", host
+        assert props["unclean.leader.election.enable"] == "false", host
+        if mode == "zookeeper":
+            assert props["zookeeper.connect"] == ",".join(f"{a}:2181" for a in BROKERS.values()), host
+            zk = read_properties(render.file(host, "/etc/kafka/zookeeper.properties"))
+            servers = {k: v for k, v in zk.items() if k.startswith("server.")}
+            assert servers == {f"server.{k}": f"{a}:2888:3888" for k, a in enumerate(BROKERS.values(), 1)}, (
+                host
+            )
+            assert render.file(host, "/var/lib/zookeeper/myid").read_text().strip() == str(broker_id), host
+        else:
+            voters = ",".join(f"{k}@{a}:9093" for k, a in enumerate(BROKERS.values(), 1))
+            assert props["controller.quorum.voters"] == voters, host
+            assert not any("zookeeper" in f for f in render.files(host)), host
+
+
+@pytest.mark.parametrize("name", ["producer", "inference", "sink"])
+def test_every_service_bootstraps_from_every_broker(brokers: tuple[str, Render], name: str) -> None:
+    _mode, render = brokers
+    hosts = {"producer": ["vm1"], "inference": ["vm2", "vm3"], "sink": ["vm4"]}[name]
+    instance_ids = set()
+    for host in hosts:
+        env = read_env_file(render.file(host, f"/etc/iot/{name}/{name}.env"))
+        assert env["IOT_KAFKA_BOOTSTRAP_SERVERS"] == ",".join(f"{a}:9092" for a in BROKERS.values())
+        instance_ids.add(env.get("IOT_GROUP_INSTANCE_ID"))
+    # Each instance of a group is a static member of its own.
+    assert len(instance_ids) == len(hosts)
+
+
+def test_the_brokers_reach_each_others_quorum_and_no_one_else_does(brokers: tuple[str, Render]) -> None:
+    mode, render = brokers
+    peers = set(BROKERS.values())
+    quorum_ports = {2181, 2888, 3888} if mode == "zookeeper" else {9093}
+    for host in BROKERS:
+        ports = firewall_ports(render, host)
+        assert {port for port in ports if port in {2181, 2888, 3888, 9093}} == quorum_ports, host
+        for port in quorum_ports:
+            assert rule_sources(ports[port]) == peers, (host, port)
+    assert not quorum_ports & set(firewall_ports(render, "vm1"))
+
+
+@pytest.mark.parametrize(
+    ("drop", "extra", "message"),
+    [
+        ("vm7", {}, "2 cannot lose one"),
+        ("", {"iot_images_partitions": 1}, "would sit idle"),
+        ("", {"iot_kafka_mode": "zk"}, "iot_kafka_mode is zookeeper or kraft"),
+    ],
+    ids=["two-brokers", "more-members-than-partitions", "unknown-mode"],
+)
+def test_a_broker_layout_that_cannot_work_is_refused(
+    ansible_home: Path, tmp_path: Path, secret_values: Secrets, drop: str, extra: dict[str, Any], message: str
+) -> None:
+    text = CLUSTER_EXAMPLES["zookeeper"].read_text()
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(re.sub(rf"^{drop} .*\n", "", text, flags=re.M) if drop else text)
+    result = render_site(
+        ansible_home, tmp_path / "render", {**secret_values.extra_vars, **extra}, inventory=inventory
+    )
     assert result.returncode != 0, output(result)
     assert message in result.stdout, output(result)

@@ -20,13 +20,19 @@ RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$", re
 
 
 def write_inventory(
-    path: Path, hosts: dict[str, Host], private_key: Path, couchdb: tuple[str, ...] = ()
+    path: Path,
+    hosts: dict[str, Host],
+    private_key: Path,
+    couchdb: tuple[str, ...] = (),
+    **groups: tuple[str, ...],
 ) -> None:
     """The layout of inventory.example.ini, with the test hosts' addresses and root over SSH;
-    CouchDB on the sink's VM, or on the hosts named in COUCHDB (a cluster)."""
-    groups = {**GROUPS, **({"couchdb": list(couchdb)} if couchdb else {})}
+    CouchDB on the sink's VM, or on the hosts named in COUCHDB (a cluster); GROUPS (broker=...,
+    inference=...) put other hosts in a group."""
+    layout = {**GROUPS, **{name: list(members) for name, members in groups.items()}}
+    layout |= {"couchdb": list(couchdb)} if couchdb else {}
     lines: list[str] = []
-    for group, names in groups.items():
+    for group, names in layout.items():
         lines.append(f"[{group}]")
         lines += [f"{name} ansible_host={hosts[name].address}" for name in names]
         lines.append("")

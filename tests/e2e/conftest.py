@@ -26,7 +26,11 @@ from tests.e2e.python_base import import_base_image
 from tests.e2e.servers import file_server, registry
 from tests.paths import REPO
 
-KAFKA_LIBS = REPO / "deploy" / "local" / ".kafka" / "libs"
+# The jars deploy/local/stack.sh install resolves: Kafka 3.9 (ZooKeeper mode) and Kafka 4 (KRaft).
+KAFKA_RELEASES = {
+    "3.9.2": REPO / "deploy" / "local" / ".kafka" / "libs",
+    "4.4.0": REPO / "deploy" / "local" / ".kafka4" / "libs",
+}
 KAFKA_CLASSPATH = "/opt/kafka/libs/*"
 IMAGES_SENT = 6
 ROLES = ("producer", "inference", "sink")
@@ -183,12 +187,15 @@ def image_registry(testbed: dict[str, Host]) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def kafka_download(testbed: dict[str, Host], workdir: Path) -> Iterator[dict[str, str]]:
-    """Kafka's release, assembled from Maven Central's jars, served to the broker VM over HTTP."""
+    """Kafka's releases, assembled from Maven Central's jars, served to the broker VMs over HTTP
+    as archive.apache.org lays them out: <version>/<archive>.tgz with its .sha512 beside it,
+    which the role reads (kafka_archive_sha512 unset)."""
     served = workdir / "downloads"
-    served.mkdir()
-    tarball, sha512 = build_kafka_release(KAFKA_LIBS, served)
+    for version, libs in KAFKA_RELEASES.items():
+        tarball, sha512 = build_kafka_release(libs, served / version, version=version)
+        tarball.with_name(tarball.name + ".sha512").write_text(f"{sha512}  {tarball.name}\n")
     with file_server(served, GATEWAY) as base_url:
-        yield {"kafka_archive_url": f"{base_url}/{tarball.name}", "kafka_archive_sha512": sha512}
+        yield {"kafka_download_base_url": base_url}
 
 
 @pytest.fixture(scope="session")

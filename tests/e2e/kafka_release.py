@@ -1,4 +1,5 @@
-"""A stand-in for Apache Kafka's release archive, assembled from the jars Maven Central resolves.
+"""A stand-in for Apache Kafka's release archive, assembled from the jars Maven Central resolves:
+Kafka 3.9.2 from `deploy/local/.kafka/libs`, Kafka 4.4.0 from `deploy/local/.kafka4/libs`.
 
 The Ansible role `kafka` installs `kafka_<scala>-<version>.tgz` from `kafka_archive_url`,
 checked against `kafka_archive_sha512`. archive.apache.org cannot be reached from the tests, so
@@ -6,7 +7,8 @@ checked against `kafka_archive_sha512`. archive.apache.org cannot be reached fro
 (what `deploy/local/stack.sh install` resolves from Maven Central with `deploy/local/pom.xml`).
 The role needs only `libs/`: its units and tasks run `java -cp "<home>/libs/*" <main class>`.
 
-How it differs from Apache's `kafka_2.13-3.9.2.tgz`:
+How it differs from Apache's `kafka_2.13-3.9.2.tgz` (and in the same ways from 4.4.0's, whose
+`config/` has `log4j2.yaml` where this one has its own short `log4j.properties`, unused by the role):
 
 - No `bin/` (and so no `bin/windows/`): none of Apache's shell scripts (`kafka-server-start.sh`,
   `kafka-topics.sh`, `kafka-run-class.sh`, ...). Run the main classes with java instead.
