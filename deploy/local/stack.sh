@@ -16,6 +16,7 @@ RUN_DIR="${IOT_LOCAL_RUN_DIR:-$REPO/.run/local}"
 ZOOKEEPER_PORT="${IOT_LOCAL_ZOOKEEPER_PORT:-2181}"
 KAFKA_PORT="${IOT_LOCAL_KAFKA_PORT:-9092}"
 KAFKA_BROKERS="${IOT_LOCAL_KAFKA_BROKERS:-1}"
+KAFKA_METRICS_PORT="${IOT_LOCAL_KAFKA_METRICS_PORT:-9404}" # each broker's JMX exporter, on its address
 COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
 COUCHDB_METRICS_PORT="${IOT_LOCAL_COUCHDB_METRICS_PORT:-17986}"
 COUCHDB_NODES="${IOT_LOCAL_COUCHDB_NODES:-1}"
@@ -28,6 +29,11 @@ SETUP="$REPO/.venv/bin/iot-couchdb-setup"
 START_TIMEOUT="${IOT_LOCAL_START_TIMEOUT:-120}"
 STOP_TIMEOUT=30
 LIBS="$HERE/.kafka/libs"
+# The Prometheus JMX exporter, as a Java agent in each broker: not on Kafka's class path (pom.xml's
+# execution jmx-exporter names the same version).
+JMX_EXPORTER_VERSION=1.0.1
+JMX_EXPORTER="$HERE/.kafka/agent/jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar"
+JMX_EXPORTER_CONFIG="$REPO/deploy/prometheus/kafka-jmx-exporter.yml"
 COUCHDB_RELEASE="$HERE/.couchdb"
 [[ "$COUCHDB_NODES" =~ ^[1-9]$ ]] || {
   echo "stack: IOT_LOCAL_COUCHDB_NODES must be 1 to 9 (a cluster keeps 3 copies), not '$COUCHDB_NODES'" >&2
@@ -69,6 +75,10 @@ resolve() {
 
 install() {
   resolve "$HERE/pom.xml" "$LIBS"
+  if [[ ! -f "$JMX_EXPORTER" ]]; then
+    log "resolving the JMX exporter agent $JMX_EXPORTER_VERSION from Maven Central"
+    mvn -q -B -f "$HERE/pom.xml" dependency:copy@jmx-exporter
+  fi
   # Kafka 4, not run here: what a KRaft deployment installs (the deployment test's release).
   resolve "$HERE/pom-kafka4.xml" "$HERE/.kafka4/libs"
   "$HERE/couchdb.sh" install
@@ -183,10 +193,13 @@ launch() {
   echo $! >"$RUN_DIR/$name.pid"
 }
 
-launch_java() { # launch_java NAME HEAP MAIN ARGS...: a small JVM, to leave room for PyTorch
+# launch_java NAME HEAP MAIN ARGS...: a small JVM, to leave room for PyTorch; JVM_OPTS (a variable
+# of the caller) adds options before the class path.
+launch_java() {
   local name="$1" heap="$2"
   shift 2
-  launch "$name" java "-Xmx$heap" -Xms64m -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+  # shellcheck disable=SC2086 # JVM_OPTS holds several words on purpose
+  launch "$name" java "-Xmx$heap" -Xms64m -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true ${JVM_OPTS:-} \
     -Dlog4j.configuration="file:$HERE/log4j.properties" -Diot.log.file="$RUN_DIR/$name.log" \
     -cp "$LIBS/*" "$@"
 }
@@ -240,7 +253,8 @@ PROPS
       sleep 0.5
     done
   fi
-  launch_java "$name" 512m kafka.Kafka "$RUN_DIR/$name.properties"
+  JVM_OPTS="-javaagent:$JMX_EXPORTER=$ip:$KAFKA_METRICS_PORT:$JMX_EXPORTER_CONFIG" \
+    launch_java "$name" 512m kafka.Kafka "$RUN_DIR/$name.properties"
 }
 
 # once FILE: a random token kept in the run dir, the same for every node of the cluster.
@@ -350,7 +364,11 @@ start() {
             die "port $ip:$COUCHDB_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_METRICS_PORT"
           launch_couchdb "$name"
           ;;
-        kafka*) launch_kafka "$name" ;;
+        kafka*)
+          port_free "$KAFKA_METRICS_PORT" "$ip" ||
+            die "port $ip:$KAFKA_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_KAFKA_METRICS_PORT"
+          launch_kafka "$name"
+          ;;
         zookeeper) launch_zookeeper ;;
       esac
       started=1
@@ -364,6 +382,7 @@ start() {
   ((started)) || log "already running and healthy"
   if (($# == 0)); then
     echo "Kafka bootstrap servers: $(bootstrap)"
+    echo "Kafka's metrics: http://127.0.0.1:$KAFKA_METRICS_PORT/metrics (each broker on its address)"
     echo "CouchDB: $(couch_urls) (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
     echo "CouchDB's metrics: http://127.0.0.1:$COUCHDB_METRICS_PORT/_node/_local/_prometheus (each node on its address)"
     echo "Logs: $RUN_DIR/{zookeeper,kafka*,couchdb*}.log"

@@ -21,6 +21,7 @@ from tests.deploy.conftest import find_tool
 from tests.paths import REPO
 
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
+JMX_EXPORTER = REPO / "deploy" / "prometheus" / "kafka-jmx-exporter.yml"
 RULE_TESTS = REPO / "tests" / "deploy" / "prometheus" / "alerts_test.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
 README = (REPO / "README.md").read_text()
@@ -38,9 +39,28 @@ COUCHDB_SERIES = {
     "couchdb_document_writes_total",
     "couchdb_httpd_bulk_requests_total",
 }
+
+
+def jmx_exporter_series() -> set[str]:
+    """The brokers' series deploy/prometheus/kafka-jmx-exporter.yml makes: each rule's name with
+    its $1 replaced by each alternative of the pattern's first group, lower case."""
+    made = set()
+    for rule in yaml.safe_load(JMX_EXPORTER.read_text())["rules"]:
+        first = re.search(r"\(([^()]*)\)", rule["pattern"])
+        options = first[1].split("|") if first and "$1" in rule["name"] else [""]
+        made |= {rule["name"].replace("$1", option.lower()) for option in options}
+    return made
+
+
+# tests/integration/test_observability.py proves on a real broker that each query returns data.
+KAFKA_SERIES = jmx_exporter_series()
 ALERTS = (
     "IoTTargetDown",
     "IoTCouchDBDown",
+    "IoTKafkaBrokerDown",
+    "IoTKafkaUnderReplicated",
+    "IoTKafkaOfflinePartitions",
+    "IoTConsumerLagAgeHigh",
     "IoTConsumerLagGrowing",
     "IoTDeadLetters",
     "IoTDeliveryFailures",
@@ -143,7 +163,7 @@ def queries() -> list[tuple[str, str]]:
 def test_the_promtool_tests_use_the_series_the_services_export() -> None:
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     names = {series["series"].split("{")[0] for test in tests for series in test["input_series"]}
-    assert names - exported_series() - PROMETHEUS_SERIES == set()
+    assert names - exported_series() - PROMETHEUS_SERIES - KAFKA_SERIES == set()
 
 
 def test_metric_names_are_read_from_expressions() -> None:
@@ -155,7 +175,7 @@ def test_metric_names_are_read_from_expressions() -> None:
 
 
 def test_every_metric_in_a_rule_or_a_dashboard_query_is_exported() -> None:
-    known = exported_series() | PROMETHEUS_SERIES | COUCHDB_SERIES
+    known = exported_series() | PROMETHEUS_SERIES | COUCHDB_SERIES | KAFKA_SERIES
     assert {"iot_sink_predictions_scored_total", "iot_consumer_paused", "iot_build_info"} <= known
     unknown = []
     for where, expr in queries():
@@ -163,3 +183,11 @@ def test_every_metric_in_a_rule_or_a_dashboard_query_is_exported() -> None:
         assert names, f"{where}: no metric in {expr}"
         unknown += [f"{where}: {name}" for name in sorted(names - known)]
     assert not unknown, "metrics that no service exports:\n" + "\n".join(unknown)
+
+
+def test_the_jmx_exporter_makes_the_series_the_rules_read() -> None:
+    assert {
+        "kafka_server_replicamanager_underreplicatedpartitions",
+        "kafka_controller_kafkacontroller_offlinepartitionscount",
+        "kafka_server_brokertopicmetrics_bytesin_total",
+    } <= KAFKA_SERIES

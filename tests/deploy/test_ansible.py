@@ -372,6 +372,7 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
             "/etc/systemd/system/kafka.service",
             "/etc/systemd/system/zookeeper.service",
             "/var/lib/zookeeper/myid",
+            "/etc/kafka/jmx-exporter.yml",
         },
         inventory.host("inference"): common | docker | service("inference"),
         inventory.host("sink"): common
@@ -693,7 +694,7 @@ def rule_sources(rule: str) -> set[str]:
 def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory: Inventory) -> None:
     expected = {
         "producer": {22, 8001},
-        "broker": {22, 9092},
+        "broker": {22, 9092, 9404},
         "inference": {22, 8002},
         "sink": {22, 8003, 5984, 17986, 3000, 9090},
     }
@@ -706,6 +707,11 @@ def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory
     assert rule_sources(firewall_ports(rendered, inventory.host("broker"))[9092]) == set(
         inventory.addresses.values()
     )
+    # The broker's metrics (JMX exporter): Prometheus and the admins only.
+    assert rule_sources(firewall_ports(rendered, inventory.host("broker"))[9404]) == {
+        inventory.address("monitoring"),
+        CONTROLLER,
+    }
 
 
 def test_firewall_opens_admin_ports_to_the_controller_not_to_everyone(
@@ -769,6 +775,19 @@ def test_prometheus_scrapes_every_service_on_its_vm(rendered: Render, inventory:
     assert jobs["couchdb"] == [f"{inventory.address('couchdb')}:17986"]
     ini = rendered.file(inventory.host("couchdb"), "/etc/iot/couchdb/couchdb.ini").read_text()
     assert "[prometheus]\nadditional_port = true\nbind_address = 0.0.0.0\nport = 17986" in ini
+    # Each broker's JMX exporter, a Java agent serving on the broker's address and the job's port,
+    # with the same rules the local stack uses.
+    broker = inventory.address("broker")
+    assert jobs["kafka"] == [f"{broker}:9404"]
+    unit = rendered.file(inventory.host("broker"), "/etc/systemd/system/kafka.service").read_text()
+    agent = "/var/cache/kafka/jmx_prometheus_javaagent-1.0.1.jar"
+    assert (
+        f'Environment="KAFKA_JMX_EXPORTER=-javaagent:{agent}={broker}:9404:/etc/kafka/jmx-exporter.yml"'
+        in unit
+    )
+    assert "$KAFKA_JMX_EXPORTER" in exec_starts(unit)[0]
+    rules = rendered.file(inventory.host("broker"), "/etc/kafka/jmx-exporter.yml").read_text()
+    assert rules == (REPO / "deploy" / "prometheus" / "kafka-jmx-exporter.yml").read_text()
 
 
 def test_prometheus_loads_the_same_alert_rules_as_compose(rendered: Render, inventory: Inventory) -> None:

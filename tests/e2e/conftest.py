@@ -7,6 +7,7 @@ a fixture fails (hosts, network, registry, dockerd).
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ KAFKA_RELEASES = {
     "3.9.2": REPO / "deploy" / "local" / ".kafka" / "libs",
     "4.4.0": REPO / "deploy" / "local" / ".kafka4" / "libs",
 }
+JMX_EXPORTER = REPO / "deploy" / "local" / ".kafka" / "agent" / "jmx_prometheus_javaagent-1.0.1.jar"
 KAFKA_CLASSPATH = "/opt/kafka/libs/*"
 IMAGES_SENT = 6
 ROLES = ("producer", "inference", "sink")
@@ -194,8 +196,13 @@ def kafka_download(testbed: dict[str, Host], workdir: Path) -> Iterator[dict[str
     for version, libs in KAFKA_RELEASES.items():
         tarball, sha512 = build_kafka_release(libs, served / version, version=version)
         tarball.with_name(tarball.name + ".sha512").write_text(f"{sha512}  {tarball.name}\n")
+    # The JMX exporter agent stack.sh install resolved from Maven Central (the same jar).
+    shutil.copy2(JMX_EXPORTER, served / JMX_EXPORTER.name)
     with file_server(served, GATEWAY) as base_url:
-        yield {"kafka_download_base_url": base_url}
+        yield {
+            "kafka_download_base_url": base_url,
+            "kafka_jmx_exporter_url": f"{base_url}/{JMX_EXPORTER.name}",
+        }
 
 
 @pytest.fixture(scope="session")

@@ -116,15 +116,15 @@ def test_couchdb_lets_each_user_do_only_its_part(deployment: Deployment) -> None
     assert deployment.couchdb_password not in vm4.sh("cat /etc/iot/sink/secrets.env")
 
 
-def test_prometheus_scrapes_inference_sink_and_couchdb(deployment: Deployment) -> None:
+def test_prometheus_scrapes_inference_sink_couchdb_and_kafka(deployment: Deployment) -> None:
     def up() -> dict[str, str]:
         response = requests.get(
             f"{deployment.prometheus_url}/api/v1/query", params={"query": "up"}, timeout=10
         )
         return {r["metric"]["job"]: r["value"][1] for r in response.json()["data"]["result"]}
 
-    wait_for("Prometheus on vm4: up == 1 for inference, sink and CouchDB", lambda: {"inference", "sink", "couchdb"} <= {
-        job for job, value in up().items() if value == "1"
+    wait_for("Prometheus on vm4: up == 1 for inference, sink, CouchDB and the broker", lambda: {
+        "inference", "sink", "couchdb", "kafka"} <= {job for job, value in up().items() if value == "1"
     }, 120)  # fmt: skip
 
 
@@ -138,6 +138,7 @@ def test_firewall_allows_only_what_the_pipeline_needs(deployment: Deployment) ->
     vm1, vm2, vm4 = (deployment.hosts[n] for n in ("vm1", "vm2", "vm4"))
     assert connects(vm1, vm2.address, 9092), "Kafka must answer the pipeline's VMs"
     assert not connects(vm1, vm2.address, 2181), "ZooKeeper must not be reachable from other VMs"
+    assert not connects(vm1, vm2.address, 9404), "the broker's metrics are Prometheus's and the admins' only"
     assert not connects(vm1, vm4.address, 5984), "CouchDB must only be reachable from the sink and admins"
     assert not connects(vm1, vm4.address, 17986), "CouchDB's metrics must only be reachable from monitoring"
 

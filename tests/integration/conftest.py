@@ -2,7 +2,8 @@
 
 `make test` starts them; run alone, the `stack` fixture starts them too (idempotent). To use
 servers that are already running elsewhere, set IOT_TEST_KAFKA_BOOTSTRAP and IOT_TEST_COUCHDB_URL
-(and IOT_TEST_COUCHDB_METRICS_URL, where that CouchDB serves its Prometheus metrics without login).
+(and IOT_TEST_COUCHDB_METRICS_URL, where that CouchDB serves its Prometheus metrics without login,
+and IOT_TEST_KAFKA_METRICS_URL, where the broker's JMX exporter serves its metrics).
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ def stack() -> Stack:
     bootstrap = os.environ.get("IOT_TEST_KAFKA_BOOTSTRAP")
     couchdb_url = os.environ.get("IOT_TEST_COUCHDB_URL")
     metrics_url = os.environ.get("IOT_TEST_COUCHDB_METRICS_URL", "")
+    kafka_metrics_url = os.environ.get("IOT_TEST_KAFKA_METRICS_URL", "")
     if not (bootstrap and couchdb_url):
         subprocess.run([str(STACK_SCRIPT), "start"], check=True, timeout=600)
         bootstrap = f"127.0.0.1:{os.environ.get('IOT_LOCAL_KAFKA_PORT', '9092')}"
         couchdb_url = f"http://127.0.0.1:{os.environ.get('IOT_LOCAL_COUCHDB_PORT', '5984')}"
         metrics_url = f"http://127.0.0.1:{os.environ.get('IOT_LOCAL_COUCHDB_METRICS_PORT', '17986')}"
+        kafka_metrics_url = f"http://127.0.0.1:{os.environ.get('IOT_LOCAL_KAFKA_METRICS_PORT', '9404')}"
     return Stack(
         bootstrap=bootstrap,
         couchdb_url=couchdb_url,
         couchdb_metrics_url=metrics_url,
+        kafka_metrics_url=kafka_metrics_url,
         couchdb_user=os.environ.get("IOT_LOCAL_COUCHDB_USER", "admin"),
         couchdb_password=os.environ.get("IOT_LOCAL_COUCHDB_PASSWORD", "local-dev-only"),
     )

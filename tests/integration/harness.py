@@ -45,6 +45,7 @@ class Stack:
     couchdb_password: str
     couchdb_metrics_url: str = ""
     couchdb_nodes: tuple[str, ...] = ()
+    kafka_metrics_url: str = ""  # the first broker's JMX exporter; "" where unknown
     sink_user: str = "iot_sink"
     sink_password: str = "local-dev-only"
 

@@ -40,11 +40,13 @@ def couch_env(run_dir: Path, port: int, nodes: int = 1) -> dict[str, str]:
 
 
 def kafka_env(run_dir: Path, port: int, brokers: int = 1) -> dict[str, str]:
-    """stack.sh's settings for ZooKeeper (on a free port) and BROKERS brokers in RUN_DIR on PORT."""
+    """stack.sh's settings for ZooKeeper and BROKERS brokers in RUN_DIR on PORT (and free ports
+    for ZooKeeper and the brokers' metrics)."""
     return {
         "IOT_LOCAL_RUN_DIR": str(run_dir),
         "IOT_LOCAL_ZOOKEEPER_PORT": str(free_port()),
         "IOT_LOCAL_KAFKA_PORT": str(port),
+        "IOT_LOCAL_KAFKA_METRICS_PORT": str(free_port()),
         "IOT_LOCAL_KAFKA_BROKERS": str(brokers),
     }
 
@@ -133,6 +135,7 @@ class PrivateStack(PrivateServers):
             couchdb_password=PASSWORD,
             couchdb_metrics_url=f"http://127.0.0.1:{env['IOT_LOCAL_COUCHDB_METRICS_PORT']}",
             couchdb_nodes=nodes if couchdb_nodes > 1 else (),
+            kafka_metrics_url=f"http://127.0.0.1:{env['IOT_LOCAL_KAFKA_METRICS_PORT']}",
         )
 
 
@@ -145,7 +148,11 @@ class PrivateKafka(PrivateServers):
             run_dir, kafka_env(run_dir, port, brokers), ["zookeeper", *names("kafka", brokers)], None
         )
         self.brokers = names("kafka", brokers)
-        self.stack = dataclasses.replace(stack, bootstrap=bootstrap(port, brokers))
+        self.stack = dataclasses.replace(
+            stack,
+            bootstrap=bootstrap(port, brokers),
+            kafka_metrics_url=f"http://127.0.0.1:{self.env['IOT_LOCAL_KAFKA_METRICS_PORT']}",
+        )
 
 
 class PrivateCouch(PrivateServers):

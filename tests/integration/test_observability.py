@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness import Pipeline, Service, Stack
@@ -75,13 +76,14 @@ def accuracy_of(cells: Cells) -> float:
 
 
 def start_prometheus(
-    ports: dict[str, int], couchdb_metrics_url: str, workdir: Path
+    ports: dict[str, int], couchdb_metrics_url: str, kafka_metrics_url: str, workdir: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Scraping the services on PORTS, and CouchDB's own endpoint, as job `couchdb` (the job name
-    the dashboard and the alert use)."""
+    """Scraping the services on PORTS, CouchDB's own endpoint as job `couchdb` and the broker's
+    JMX exporter as job `kafka` (the job names the dashboard and the alerts use)."""
     binary = shutil.which("prometheus")
     assert binary, "Prometheus is not installed: `make test` installs Debian's prometheus package"
     assert couchdb_metrics_url, "set IOT_TEST_COUCHDB_METRICS_URL with IOT_TEST_COUCHDB_URL"
+    assert kafka_metrics_url, "set IOT_TEST_KAFKA_METRICS_URL with IOT_TEST_KAFKA_BOOTSTRAP"
     couchdb = urlsplit(couchdb_metrics_url)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -96,7 +98,8 @@ def start_prometheus(
                 "scheme": couchdb.scheme,
                 "metrics_path": "/_node/_local/_prometheus",
                 "static_configs": [{"targets": [couchdb.netloc]}],
-            }
+            },
+            {"job_name": "kafka", "static_configs": [{"targets": [urlsplit(kafka_metrics_url).netloc]}]},
         ],
     }
     (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -160,7 +163,7 @@ def observed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     pipeline = Pipeline(stack, workdir)
     pipeline.prepare()
     ports = {role: free_port() for role in ROLES}
-    prometheus, url = start_prometheus(ports, stack.couchdb_metrics_url, workdir)
+    prometheus, url = start_prometheus(ports, stack.couchdb_metrics_url, stack.kafka_metrics_url, workdir)
     try:
         wait_for("Prometheus", lambda: _ok(f"{url}/-/ready"), 60)
         services = {
@@ -241,10 +244,16 @@ def test_the_alert_rules_evaluate_on_the_real_series_and_a_dead_letter_fires(obs
         60,
         observed.pipeline.alive,
     )
-    assert len(observed.rules()) == 9
-    # Inference, the sink and CouchDB are up: no IoTTargetDown, no IoTCouchDBDown.
-    assert observed.firing("IoTTargetDown", "job") == set()
-    assert observed.firing("IoTCouchDBDown", "job") == set()
+    in_file = [
+        rule["alert"]
+        for group in yaml.safe_load(ALERT_RULES.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    assert sorted(rule["name"] for rule in observed.rules()) == sorted(in_file)
+    # Inference, the sink, CouchDB and the broker are up, the broker's partitions all in sync.
+    for alert in ("IoTTargetDown", "IoTCouchDBDown", "IoTKafkaBrokerDown", "IoTKafkaOfflinePartitions"):
+        assert observed.firing(alert, "job") == set(), alert
+    assert observed.query('up{job="kafka"}')[0]["value"][1] == "1"
     # A bad image now, dead-lettered by both services that read the topic (last in this module, as
     # it changes the counts above). Those sent at the start may have been counted before the
     # first scrape, where `increase` cannot see them; those seen fire too, for their own reasons.

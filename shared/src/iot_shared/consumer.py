@@ -15,11 +15,26 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from iot_shared.errors import PipelineError
 from iot_shared.kafka import base_config, position
-from iot_shared.metrics import CONSUMED, CONSUMER_LAG, CONSUMER_PAUSED, REBALANCES, record_consumer_stats
+from iot_shared.metrics import (
+    CONSUMED,
+    CONSUMER_LAG,
+    CONSUMER_LAG_AGE,
+    CONSUMER_PAUSED,
+    REBALANCES,
+    record_consumer_stats,
+)
 from iot_shared.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +79,7 @@ class GroupMember:
         self.fatal: KafkaError | None = None
         self._connect = connect
         self._rejoins: deque[float] = deque()
+        self._read_topics: set[str] = set()  # whose lag age this member reports
         for event in ("assign", "revoke", "lost"):
             REBALANCES.labels(service, event)
         CONSUMER_PAUSED.labels(service).set(0)
@@ -126,11 +142,15 @@ class GroupMember:
         """The records of one poll; errors that are not records are logged, not returned."""
         self.raise_if_fatal()
         records = []
+        ages: dict[str, float] = {}
+        now = time.time()
         for msg in self.consumer.consume(max_messages, timeout):
             err = msg.error()
             if err is None:
                 records.append(msg)
-                CONSUMED.labels(self.service, msg.topic()).inc()
+                topic = str(msg.topic())
+                CONSUMED.labels(self.service, topic).inc()
+                ages[topic] = max(ages.get(topic, 0.0), _age(msg, now))
             elif _is_fatal(err):  # arrives as an event as well as through error_cb
                 self.on_error(err)
             elif err.code() != KafkaError._PARTITION_EOF:
@@ -139,7 +159,19 @@ class GroupMember:
             # Nothing of this poll is handled: uncommitted, it comes again after the rejoin.
             self.raise_if_fatal()
             return []
+        self._report_lag_age(ages, waited=timeout > 0)
         return records
+
+    def _report_lag_age(self, ages: dict[str, float], waited: bool) -> None:
+        """The oldest record just read is the oldest unread one: its age is how far behind this
+        member is. A poll that waited and got nothing means nothing is unread (a poll that did not
+        wait can come back empty while records are still on their way)."""
+        for topic, age in ages.items():
+            CONSUMER_LAG_AGE.labels(self.service, topic).set(age)
+        self._read_topics.update(ages)
+        if waited and not ages:
+            for topic in self._read_topics:
+                CONSUMER_LAG_AGE.labels(self.service, topic).set(0)
 
     def _rejoin_if_fatal(self) -> None:
         if self.fatal is None or self._connect is None:
@@ -300,3 +332,9 @@ def describe(partitions: list[TopicPartition]) -> str:
         )
         or "nothing"
     )
+
+
+def _age(msg: Message, now: float) -> float:
+    """Seconds since the record was produced (its CreateTime); 0 when it carries no time."""
+    kind, ms = msg.timestamp()
+    return max(0.0, now - ms / 1000) if kind != TIMESTAMP_NOT_AVAILABLE else 0.0

@@ -26,6 +26,12 @@ CONSUMER_LAG = Gauge(
     "Messages between a partition's high watermark and the group's position",
     ["service", "topic", "partition"],
 )
+CONSUMER_LAG_AGE = Gauge(
+    "iot_consumer_lag_seconds",
+    "Age of the oldest record of the last batch read (since it was produced): how old the oldest "
+    "unread image is; 0 once the service waits for new ones. Kafka deletes what outlives retention",
+    ["service", "topic"],
+)
 DELIVERED = Counter(
     "iot_kafka_delivered_messages",
     "Messages the broker acknowledged (acks=all)",

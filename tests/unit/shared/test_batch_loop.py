@@ -217,6 +217,22 @@ def test_lag_is_reported_only_for_partitions_this_member_holds() -> None:
     assert lag(0) is None
 
 
+def test_lag_age_is_the_oldest_record_just_read_and_zero_once_nothing_is_unread() -> None:
+    hour_ago = int((time.time() - 3600) * 1000)
+    consumer = FakeConsumer({("iot-topic", 0): [b"a", b"b"]}, [(TIMESTAMP_CREATE_TIME, hour_ago)] * 2)
+    member = GroupMember(consumer, "agetest")  # type: ignore[arg-type]
+
+    def age() -> float | None:
+        return REGISTRY.get_sample_value(
+            "iot_consumer_lag_seconds", {"service": "agetest", "topic": "iot-topic"}
+        )
+
+    assert len(member.consume(10, 0)) == 2
+    assert 3590 < (age() or 0) < 3700  # the image waited an hour to be read
+    assert member.consume(10, 0) == [] and (age() or 0) > 3590  # an empty poll that did not wait says nothing
+    assert member.consume(10, 0.01) == [] and age() == 0  # one that waited: nothing is unread
+
+
 def test_a_dead_letter_of_a_record_just_under_the_broker_limit_still_fits() -> None:
     publisher = RecordingPublisher()
     record = Message(topic="iot-topic", partition=0, offset=9, key=b"k", value=b"x" * 999_850)
