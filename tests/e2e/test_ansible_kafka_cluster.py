@@ -206,14 +206,33 @@ def test_the_leader_killed_while_images_flow_loses_nothing(kraft: KafkaCluster) 
     assert report["lost"]["count"] == 0 and report["produced"] == report["complete"] == IMAGES, report
 
 
-def test_a_broker_that_lost_its_data_is_rebuilt_by_the_playbook(kraft: KafkaCluster) -> None:
+def test_a_wiped_broker_is_rebuilt_and_a_changed_setting_rolls_through_the_others(
+    kraft: KafkaCluster,
+) -> None:
     vm7 = kraft.host("vm7")
     vm7.sh("systemctl stop kafka && rm -rf /var/lib/kafka/data")
+    # The same run changes a broker setting: vm7 (stopped) starts with it, vm5 and vm6 restart
+    # for it one at a time.
+    kraft.extra_vars["kafka_log_retention_hours"] = 167
     run = kraft.converge()  # formats the new disk with the cluster's id and starts the broker
     assert run.returncode == 0, run.output[-6000:]
     wait_for("vm7 back in sync", lambda: kraft.in_sync("vm7"), 300)
     isrs = re.findall(r"Isr: ([\d,]+)", kraft.describe("--topic", "iot-topic", on="vm7"))
     assert isrs and all(len(isr.split(",")) == 3 for isr in isrs), isrs
+    # The rolling-restart play, one batch per broker: each restarted, then waited for until no
+    # partition was under-replicated, before the next batch began.
+    batches = run.output.split("PLAY [Restart the brokers whose files changed")[1:]
+    restarted = [
+        b
+        for b in BROKERS
+        for batch in batches
+        if f"changed: [{b}]" in batch.split("TASK [kafka : Wait until no")[0]
+    ]
+    assert restarted == ["vm5", "vm6"], restarted
+    for batch in batches:
+        if "TASK [kafka : Restart Kafka" in batch and "changed:" in batch:
+            assert "TASK [kafka : Wait until no partition is under-replicated" in batch
+    assert "log.retention.hours=167" in vm7.sh("cat /etc/kafka/server.properties")
 
 
 @pytest.fixture(scope="module")
