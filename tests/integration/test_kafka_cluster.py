@@ -55,7 +55,10 @@ def test_every_topic_keeps_three_copies_and_a_write_needs_two(
     on_cluster: Pipeline, cluster: PrivateKafka
 ) -> None:
     for topic in (on_cluster.images_topic, on_cluster.predictions_topic, on_cluster.dlq_topic):
-        assert set(replicas_and_isr(cluster, topic)) == {(3, 3)}, topic
+        # A new topic's metadata reaches every broker a moment after its creation is acknowledged.
+        wait_for(
+            f"{topic}: 3 replicas in sync", lambda t=topic: set(replicas_and_isr(cluster, t)) == {(3, 3)}, 30
+        )
     client = admin(cluster)  # kept: a future dies with its client
     [future] = client.describe_configs(
         [ConfigResource(ConfigResource.Type.TOPIC, on_cluster.images_topic)]
