@@ -980,6 +980,8 @@ def test_three_brokers_keep_three_copies_and_need_two_for_a_write(brokers: tuple
         assert props["unclean.leader.election.enable"] == "false", host
         if mode == "zookeeper":
             assert props["zookeeper.connect"] == ",".join(f"{a}:2181" for a in BROKERS.values()), host
+            # A dead broker's partitions move once its session expires: 6 s, not Kafka's 18.
+            assert props["zookeeper.session.timeout.ms"] == "6000", host
             zk = read_properties(render.file(host, "/etc/kafka/zookeeper.properties"))
             servers = {k: v for k, v in zk.items() if k.startswith("server.")}
             assert servers == {f"server.{k}": f"{a}:2888:3888" for k, a in enumerate(BROKERS.values(), 1)}, (
