@@ -212,6 +212,8 @@ clientPort=$ZOOKEEPER_PORT
 clientPortAddress=127.0.0.1
 maxClientCnxns=0
 admin.enableServer=false
+# Sessions may be as short as 2 ticks: the brokers ask for 4 s (below).
+tickTime=2000
 4lw.commands.whitelist=ruok,dump
 PROPS
   launch_java zookeeper 256m org.apache.zookeeper.server.quorum.QuorumPeerMain "$RUN_DIR/zookeeper.properties"
@@ -238,8 +240,10 @@ min.insync.replicas=$MIN_INSYNC_REPLICAS
 unclean.leader.election.enable=false
 # Topics are created on purpose (iot_shared.topics); a typo in a topic name must fail, not create one.
 auto.create.topics.enable=false
-# A killed broker's registration outlives it by this long, and a restarted one waits for that.
-zookeeper.session.timeout.ms=6000
+# A killed broker's registration outlives it by this long (a restarted one waits for that), and
+# only then does the controller move its partitions to the others: the stall of a cluster that
+# lost a broker. ZooKeeper's shortest (2 ticks).
+zookeeper.session.timeout.ms=4000
 # No other member to wait for: let a consumer group form at once.
 group.initial.rebalance.delay.ms=0
 PROPS
