@@ -62,6 +62,7 @@ ASSIGNED = 'iot_consumer_rebalances_total{event="assign"}'
 DEAD_LETTERED_BY = {"images": ("inference", "sink"), "predictions": ("sink",)}
 BUSY_WINDOW = 3.0  # "consuming right now": its counter grew within this many seconds
 SCRAPE_EVERY = 0.5
+SETTLE_EVERY = 5.0  # seconds between two audits while a CouchDB cluster settles
 STALL_LIMIT = 10.0  # seconds: a cluster must take writes again this soon after losing a broker
 
 
@@ -578,7 +579,8 @@ class ChaosRun:
             victim.start()
         wait_for(
             f"{victim.name} to serve again",
-            lambda: victim.running and victim.value(metric) > 0,
+            # A producer's last run, at full speed, may send all and exit between two scrapes.
+            lambda: (victim.running and victim.value(metric) > 0) or victim.finished,
             self.config.step_timeout,
             self.tick,
         )
@@ -811,6 +813,28 @@ class ChaosRun:
             raise ChaosAbortError(str(exc)) from None
         finally:
             reader.close()
+        if self.config.couchdb_nodes > 1:
+            self._settle()
+
+    def _settle(self) -> None:
+        """A CouchDB node that was down syncs its copies when it is back, and the conflicting
+        revisions that brings appear in `_changes` only then: the running sinks merge them on
+        their next sweep. So, on a cluster, the services stop only once every document of the
+        run reads complete (or the drain deadline passes, and the audit says what is not)."""
+        self.current_step = "settle"
+        last = 0.0
+
+        def complete() -> bool:
+            nonlocal last
+            if time.monotonic() - last < SETTLE_EVERY:
+                return False
+            last = time.monotonic()
+            return self._audit(run_id=self.run_id).complete == self.config.images
+
+        try:
+            wait_for("every document of the run complete", complete, self.config.drain_timeout, self.tick)
+        except AssertionError as exc:
+            log.warning("%s", exc)
 
     def _lag(self, admin: AdminClient, reader: Consumer, groups: dict[str, list[str]]) -> int:
         lag = 0
