@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
+from tests.chaos.driver import ClusterWatch
 from tests.integration.harness import Pipeline, Stack
 from tests.integration.private_stack import PrivateKafka, private_kafka
 from tests.waiting import wait_for
@@ -86,13 +87,6 @@ def test_a_topic_with_fewer_replicas_is_reported_not_left(
     assert f"{thin} (1 of 3)" in result.stderr and "kafka-reassign-partitions" in result.stderr
 
 
-def leader_of(cluster: PrivateKafka, topic: str) -> str:
-    """The broker (stack.sh's name) that leads the most partitions of `topic`."""
-    partitions = admin(cluster).list_topics(topic, timeout=30).topics[topic].partitions
-    leaders = [p.leader for p in partitions.values()]
-    return cluster.brokers[max(set(leaders), key=leaders.count)]  # broker id K-1 is the K-th
-
-
 def test_the_leader_killed_while_images_flow_loses_nothing(
     on_cluster: Pipeline, cluster: PrivateKafka
 ) -> None:
@@ -106,7 +100,7 @@ def test_the_leader_killed_while_images_flow_loses_nothing(
         120,
         on_cluster.alive,
     )
-    victim = leader_of(cluster, on_cluster.images_topic)
+    victim = ClusterWatch(cluster.stack.bootstrap, on_cluster.images_topic, cluster.brokers).leader()
     cluster.kill(victim)
     try:
         assert stored < IMAGES, "the broker died after every image was stored: nothing was proven"
