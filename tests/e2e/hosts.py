@@ -8,6 +8,8 @@ volume (overlay2 cannot sit on the container's own overlay), so Docker runs insi
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shlex
 import socket
 from collections.abc import Iterator
@@ -28,6 +30,10 @@ PREFIX = "iot-e2e"
 NETWORK = f"{PREFIX}-net"
 SUBNET = "10.231.47.0/24"
 GATEWAY = "10.231.47.1"  # the test machine as the hosts see it (the Ansible controller)
+# One testbed per machine: a second session would remove the first one's hosts as leftovers
+# (both use the same names and subnet), so it waits for the first to finish.
+LOCK = Path("/run/iot-e2e-hosts.lock")
+LOCK_WAIT_S = 1800
 SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
     "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
@@ -150,8 +156,38 @@ def remove_netavark_chains() -> None:
 def hosts(key_dir: Path) -> Iterator[dict[str, Host]]:
     """Boot vm1..vm7 on a fresh network, root SSH with a new key in KEY_DIR; remove all after.
     vm1-vm4 are the four VMs of the seed's layout, vm5-vm7 the nodes of a CouchDB cluster."""
+    with testbed_lock():
+        yield from _hosts(key_dir)
+
+
+@contextmanager
+def testbed_lock() -> Iterator[None]:
+    """Hold the machine's testbed; wait (LOCK_WAIT_S at most) while another session holds it."""
+    with LOCK.open("a+") as handle:
+
+        def acquired() -> bool:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        if not acquired():
+            handle.seek(0)
+            print(f"waiting for the e2e session that holds {LOCK} (pid {handle.read().strip()}) to end")
+            wait_for(f"the e2e session holding {LOCK} to end", acquired, LOCK_WAIT_S)
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _hosts(key_dir: Path) -> Iterator[dict[str, Host]]:
     image = host_image()
-    remove_all()
+    remove_all()  # under the lock, whatever is left is a killed session's
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "iot-e2e", "-f", str(key_dir / "id_ed25519")])
     public_key = (key_dir / "id_ed25519.pub").read_text().strip()
     key = key_dir / "id_ed25519"
