@@ -17,6 +17,9 @@ ZOOKEEPER_PORT="${IOT_LOCAL_ZOOKEEPER_PORT:-2181}"
 KAFKA_PORT="${IOT_LOCAL_KAFKA_PORT:-9092}"
 KAFKA_BROKERS="${IOT_LOCAL_KAFKA_BROKERS:-1}"
 KAFKA_METRICS_PORT="${IOT_LOCAL_KAFKA_METRICS_PORT:-9404}" # each broker's JMX exporter, on its address
+# plaintext, or sasl_ssl: TLS with a CA of the run dir's own, SCRAM logins, one user per service
+# and ACLs (iot-kafka-access), as the Ansible deployment runs Kafka.
+KAFKA_SECURITY="${IOT_LOCAL_KAFKA_SECURITY:-plaintext}"
 COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
 COUCHDB_METRICS_PORT="${IOT_LOCAL_COUCHDB_METRICS_PORT:-17986}"
 COUCHDB_NODES="${IOT_LOCAL_COUCHDB_NODES:-1}"
@@ -35,6 +38,14 @@ JMX_EXPORTER_VERSION=1.0.1
 JMX_EXPORTER="$HERE/.kafka/agent/jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar"
 JMX_EXPORTER_CONFIG="$REPO/deploy/prometheus/kafka-jmx-exporter.yml"
 COUCHDB_RELEASE="$HERE/.couchdb"
+TLS="$RUN_DIR/tls"         # ca.pem, and each broker's key and certificate in NAME.pem
+SECRETS="$RUN_DIR/secrets" # USER/iot_kafka_password: the IOT_SECRETS_DIR of a client logging in as USER
+KAFKA_USERS=(admin iot-producer iot-inference iot-sink iot-audit)
+ACCESS="$REPO/.venv/bin/iot-kafka-access"
+[[ "$KAFKA_SECURITY" == plaintext || "$KAFKA_SECURITY" == sasl_ssl ]] || {
+  echo "stack: IOT_LOCAL_KAFKA_SECURITY must be plaintext or sasl_ssl, not '$KAFKA_SECURITY'" >&2
+  exit 2
+}
 [[ "$COUCHDB_NODES" =~ ^[1-9]$ ]] || {
   echo "stack: IOT_LOCAL_COUCHDB_NODES must be 1 to 9 (a cluster keeps 3 copies), not '$COUCHDB_NODES'" >&2
   exit 2
@@ -223,11 +234,11 @@ launch_kafka() { # launch_kafka NAME: broker NAME (kafka or kafkaK) on 127.0.0.K
   local name="$1" ip id
   ip="$(ip_of "$name")" id="$(broker_id "$name")"
   mkdir -p "$RUN_DIR/$name-logs"
+  (umask 077 && : >"$RUN_DIR/$name.properties") # it may hold the admin's password
   cat >"$RUN_DIR/$name.properties" <<PROPS
 broker.id=$id
 zookeeper.connect=127.0.0.1:$ZOOKEEPER_PORT
-listeners=PLAINTEXT://$ip:$KAFKA_PORT
-advertised.listeners=PLAINTEXT://$ip:$KAFKA_PORT
+$(listener_properties "$name")
 log.dirs=$RUN_DIR/$name-logs
 num.partitions=3
 default.replication.factor=$REPLICATION_FACTOR
@@ -259,6 +270,84 @@ PROPS
   fi
   JVM_OPTS="-javaagent:$JMX_EXPORTER=$ip:$KAFKA_METRICS_PORT:$JMX_EXPORTER_CONFIG" \
     launch_java "$name" 512m kafka.Kafka "$RUN_DIR/$name.properties"
+}
+
+listener_properties() { # listener_properties NAME: broker NAME's listener, and its security
+  local ip protocol=PLAINTEXT
+  ip="$(ip_of "$1")"
+  [[ "$KAFKA_SECURITY" == sasl_ssl ]] && protocol=SASL_SSL
+  echo "listeners=$protocol://$ip:$KAFKA_PORT"
+  echo "advertised.listeners=$protocol://$ip:$KAFKA_PORT"
+  [[ "$KAFKA_SECURITY" == sasl_ssl ]] || return 0
+  cat <<PROPS
+security.inter.broker.protocol=SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(password admin)";
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS/$1.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS/ca.pem
+# Whatever no ACL allows is denied; the admin (the brokers themselves, and iot-kafka-access) may do all.
+authorizer.class.name=kafka.security.authorizer.AclAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:admin
+PROPS
+}
+
+# password USER: USER's Kafka password, made once (mode 0400, in a folder of its own, 0700).
+password() {
+  local file="$SECRETS/$1/iot_kafka_password"
+  if [[ ! -s "$file" ]]; then
+    (umask 077 && mkdir -p "$SECRETS/$1" && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$file")
+    chmod 0400 "$file"
+  fi
+  cat "$file"
+}
+
+# make_tls: a CA of the run dir's own, and a key and certificate for each broker, for its address.
+make_tls() {
+  local name ip
+  (umask 077 && mkdir -p "$TLS")
+  if [[ ! -s "$TLS/ca.pem" ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=IoT pipeline local CA" \
+      -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null
+  fi
+  for name in "${SERVICES[@]}"; do
+    [[ "$name" == kafka* && ! -s "$TLS/$name.pem" ]] || continue
+    ip="$(ip_of "$name")"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial -days 825 \
+      -extfile <(echo "subjectAltName=IP:$ip") -out "$TLS/$name.crt" 2>/dev/null
+    cat "$TLS/$name.key" "$TLS/$name.crt" >"$TLS/$name.pem"
+    rm -f "$TLS/$name.csr" "$TLS/$name.key" "$TLS/$name.crt"
+  done
+}
+
+# scram_admin: the admin's SCRAM login, written into ZooKeeper before a broker starts (the brokers
+# log in to each other as the admin); once per ZooKeeper data dir.
+scram_admin() {
+  local done="$RUN_DIR/zookeeper/.iot-admin-scram"
+  [[ -f "$done" ]] && return 0
+  java -Xmx128m -Dlog4j.configuration="file:$HERE/log4j.properties" -Diot.log.file="$RUN_DIR/tools.log" \
+    -cp "$LIBS/*" kafka.admin.ConfigCommand --zookeeper "127.0.0.1:$ZOOKEEPER_PORT" --alter \
+    --entity-type users --entity-name admin \
+    --add-config "SCRAM-SHA-512=[iterations=8192,password=$(password admin)]" >>"$RUN_DIR/tools.log" 2>&1 ||
+    die "could not write the admin's SCRAM login into ZooKeeper (see $RUN_DIR/tools.log)"
+  touch "$done"
+}
+
+# kafka_access: each service's user and its ACLs (iot-kafka-access, as the admin).
+kafka_access() {
+  local user role
+  for user in "${KAFKA_USERS[@]:1}"; do
+    role="${user#iot-}"
+    password "$user" >/dev/null
+    command install -m 0400 "$SECRETS/$user/iot_kafka_password" "$SECRETS/admin/iot_kafka_${role}_password"
+  done
+  IOT_KAFKA_BOOTSTRAP_SERVERS="$(bootstrap)" IOT_SECRETS_DIR="$SECRETS/admin" IOT_LOG_LEVEL=WARNING \
+    "$ACCESS" --kafka-security-protocol SASL_SSL --kafka-username admin --kafka-ca-file "$TLS/ca.pem" ||
+    die "iot-kafka-access failed against the local brokers"
 }
 
 # once FILE: a random token kept in the run dir, the same for every node of the cluster.
@@ -371,6 +460,10 @@ start() {
         kafka*)
           port_free "$KAFKA_METRICS_PORT" "$ip" ||
             die "port $ip:$KAFKA_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_KAFKA_METRICS_PORT"
+          if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then
+            make_tls
+            scram_admin
+          fi
           launch_kafka "$name"
           ;;
         zookeeper) launch_zookeeper ;;
@@ -379,6 +472,9 @@ start() {
     fi
     wait_for "$name" || die "$name did not start; \`$0 stop\` stops what did"
   done
+  if [[ "$KAFKA_SECURITY" == sasl_ssl && " ${names[*]} " == *" kafka "* ]]; then
+    kafka_access
+  fi
   if [[ " ${names[*]} " == *" couchdb "* ]]; then
     ((COUCHDB_NODES == 1)) || join_couchdb_cluster
     setup_couchdb
@@ -386,6 +482,10 @@ start() {
   ((started)) || log "already running and healthy"
   if (($# == 0)); then
     echo "Kafka bootstrap servers: $(bootstrap)"
+    if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then
+      echo "Kafka logins (SASL_SSL): IOT_KAFKA_SECURITY_PROTOCOL=SASL_SSL IOT_KAFKA_CA_FILE=$TLS/ca.pem" \
+        "IOT_KAFKA_USERNAME=USER IOT_SECRETS_DIR=$SECRETS/USER, USER one of ${KAFKA_USERS[*]}"
+    fi
     echo "Kafka's metrics: http://127.0.0.1:$KAFKA_METRICS_PORT/metrics (each broker on its address)"
     echo "CouchDB: $(couch_urls) (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
     echo "CouchDB's metrics: http://127.0.0.1:$COUCHDB_METRICS_PORT/_node/_local/_prometheus (each node on its address)"

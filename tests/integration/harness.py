@@ -165,6 +165,9 @@ class Pipeline:
         """This pipeline's topics, and its database as `iot-couchdb-setup` makes one: the sink is
         a member, not a server admin, so it cannot create it."""
         self.create_topics(partitions)
+        self.create_database()
+
+    def create_database(self) -> None:
         admin = client_for(self.stack.couchdb_url, self.stack.couchdb_user, self.stack.couchdb_password)
         prepare_database(admin, self.db)
 

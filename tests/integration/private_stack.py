@@ -39,15 +39,16 @@ def couch_env(run_dir: Path, port: int, nodes: int = 1) -> dict[str, str]:
     }
 
 
-def kafka_env(run_dir: Path, port: int, brokers: int = 1) -> dict[str, str]:
+def kafka_env(run_dir: Path, port: int, brokers: int = 1, security: str = "plaintext") -> dict[str, str]:
     """stack.sh's settings for ZooKeeper and BROKERS brokers in RUN_DIR on PORT (and free ports
-    for ZooKeeper and the brokers' metrics)."""
+    for ZooKeeper and the brokers' metrics), PLAINTEXT or SASL_SSL (`security`)."""
     return {
         "IOT_LOCAL_RUN_DIR": str(run_dir),
         "IOT_LOCAL_ZOOKEEPER_PORT": str(free_port()),
         "IOT_LOCAL_KAFKA_PORT": str(port),
         "IOT_LOCAL_KAFKA_METRICS_PORT": str(free_port()),
         "IOT_LOCAL_KAFKA_BROKERS": str(brokers),
+        "IOT_LOCAL_KAFKA_SECURITY": security,
     }
 
 
@@ -142,10 +143,13 @@ class PrivateStack(PrivateServers):
 class PrivateKafka(PrivateServers):
     """ZooKeeper and BROKERS brokers of the test's own, beside the shared stack's CouchDB."""
 
-    def __init__(self, stack: Stack, run_dir: Path, brokers: int = 1) -> None:
+    def __init__(self, stack: Stack, run_dir: Path, brokers: int = 1, security: str = "plaintext") -> None:
         port = free_port()
         super().__init__(
-            run_dir, kafka_env(run_dir, port, brokers), ["zookeeper", *names("kafka", brokers)], None
+            run_dir,
+            kafka_env(run_dir, port, brokers, security),
+            ["zookeeper", *names("kafka", brokers)],
+            None,
         )
         self.brokers = names("kafka", brokers)
         self.stack = dataclasses.replace(
@@ -216,8 +220,10 @@ def private_couch(stack: Stack, run_dir: Path, nodes: int = 1) -> Iterator[Priva
 
 
 @contextmanager
-def private_kafka(stack: Stack, run_dir: Path, brokers: int = 1) -> Iterator[PrivateKafka]:
-    kafka = PrivateKafka(stack, run_dir, brokers)
+def private_kafka(
+    stack: Stack, run_dir: Path, brokers: int = 1, security: str = "plaintext"
+) -> Iterator[PrivateKafka]:
+    kafka = PrivateKafka(stack, run_dir, brokers, security)
     with running(kafka):
         yield kafka
 

@@ -11,6 +11,7 @@ import iot_inference.metrics
 import iot_sink.metrics
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
+from iot_shared.access import AccessSettings
 from iot_shared.errors import DLQ_REASONS
 from iot_shared.schema import MAX_DATA_CHARS, MAX_MESSAGE_BYTES, MAX_NAME_CHARS, ImageWire, PredictionWire
 from iot_shared.settings import env_name
@@ -22,7 +23,9 @@ README = (REPO / "README.md").read_text()
 assert iot_inference.metrics and iot_sink.metrics  # imported for their metrics
 
 
-@pytest.mark.parametrize("settings", [ProducerSettings, InferenceSettings, SinkSettings, TopicSettings])
+@pytest.mark.parametrize(
+    "settings", [ProducerSettings, InferenceSettings, SinkSettings, TopicSettings, AccessSettings]
+)
 def test_every_setting_is_in_the_settings_table(settings: type) -> None:
     missing = [env_name(f) for f in settings.model_fields if f"| `{env_name(f)}` |" not in README]
     assert not missing
@@ -31,7 +34,7 @@ def test_every_setting_is_in_the_settings_table(settings: type) -> None:
 def test_the_settings_table_names_no_setting_that_does_not_exist() -> None:
     known = {
         env_name(f)
-        for s in (ProducerSettings, InferenceSettings, SinkSettings, TopicSettings)
+        for s in (ProducerSettings, InferenceSettings, SinkSettings, TopicSettings, AccessSettings)
         for f in s.model_fields
     }
     documented = set(re.findall(r"^\| `(IOT_[A-Z_]+)` \|", README, re.MULTILINE))

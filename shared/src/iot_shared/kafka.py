@@ -17,11 +17,21 @@ from iot_shared.settings import ServiceSettings
 
 
 def base_config(settings: ServiceSettings, client_id: str) -> dict[str, Any]:
-    return {
+    """The librdkafka settings every client of the pipeline starts from."""
+    config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "client.id": client_id,
-        **settings.kafka_extra(),
+        "security.protocol": settings.kafka_security_protocol,
     }
+    if settings.kafka_security_protocol == "SASL_SSL":
+        config |= {
+            "sasl.mechanism": settings.kafka_sasl_mechanism,
+            "sasl.username": settings.kafka_username,
+            "sasl.password": settings.kafka_password.get_secret_value(),
+        }
+        if settings.kafka_ca_file is not None:
+            config["ssl.ca.location"] = str(settings.kafka_ca_file)
+    return config | settings.kafka_extra()
 
 
 def position(msg: Message) -> tuple[str, int, int]:

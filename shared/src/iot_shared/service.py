@@ -18,6 +18,18 @@ S = TypeVar("S", bound=ServiceSettings)
 EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
 
 
+def program_settings(settings_cls: type[S], argv: Sequence[str] | None, prog: str) -> S | None:
+    """A program's settings from ARGV (None: its command line) and the environment, with logging
+    set up; None when one is bad, the error printed: the program then exits EXIT_BAD_CONFIG."""
+    try:
+        settings = load_settings(settings_cls, sys.argv[1:] if argv is None else argv, prog)
+    except ConfigError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return None
+    configure_logging(settings.log_level)
+    return settings
+
+
 def run_service(
     prog: str,
     settings_cls: type[S],
@@ -26,12 +38,8 @@ def run_service(
     version: str,
 ) -> int:
     """Load settings (exit 2 naming the bad variable), then run until done or SIGTERM/SIGINT."""
-    try:
-        settings = load_settings(settings_cls, sys.argv[1:] if argv is None else argv, prog)
-    except ConfigError as exc:
-        sys.stderr.write(f"{prog}: {exc}\n")
+    if (settings := program_settings(settings_cls, argv, prog)) is None:
         return EXIT_BAD_CONFIG
-    configure_logging(settings.log_level)
     log = logging.getLogger(prog)
     log.info("starting %s %s with %s", prog, version, settings.masked())
     BUILD_INFO.info({"service": prog, "version": version})

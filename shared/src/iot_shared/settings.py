@@ -2,21 +2,28 @@
 
 Each service subclasses `ServiceSettings` in its own `settings.py`; `load_settings` builds it
 inside `main()` and turns a validation error into a `ConfigError` that names the variable.
+
+Secrets may also come from files, one per setting, in `IOT_SECRETS_DIR` (default `/run/secrets`,
+where Compose and the Ansible units mount them): the file `iot_kafka_password` holds
+`IOT_KAFKA_PASSWORD`. A file keeps the secret out of `docker inspect` and `/proc/*/environ`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, FilePath, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from iot_shared.errors import ConfigError
 
 ENV_PREFIX = "IOT_"
+SECRETS_DIR = "/run/secrets"
 
 S = TypeVar("S", bound="ServiceSettings")
 
@@ -34,9 +41,22 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "localhost:9092", min_length=1, description="Kafka bootstrap servers, host:port[,host:port]"
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, or SASL_SSL: TLS to the brokers and a SASL login"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism, with SASL_SSL"
+    )
+    kafka_username: str | None = Field(None, min_length=1, description="SASL user, with SASL_SSL")
+    kafka_password: SecretStr = Field(
+        SecretStr(""), description="SASL password, with SASL_SSL; best from the secrets dir (never logged)"
+    )
+    kafka_ca_file: FilePath | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates (unset: the system's)"
+    )
     kafka_extra_config: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="Extra librdkafka settings as a JSON object, e.g. for SASL/TLS (values never logged)",
+        description="Extra librdkafka settings as a JSON object, over the above (values never logged)",
     )
     images_topic: str = Field("iot-topic", min_length=1, description="Topic of incoming images")
     predictions_topic: str = Field("iot-predictions", min_length=1, description="Topic of predictions")
@@ -45,6 +65,17 @@ class ServiceSettings(BaseSettings):
         8000, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+
+    @model_validator(mode="after")
+    def _sasl_login_is_complete(self) -> ServiceSettings:
+        if self.kafka_security_protocol == "SASL_SSL" and not (
+            self.kafka_username and self.kafka_password.get_secret_value()
+        ):
+            raise ValueError(
+                "IOT_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs IOT_KAFKA_USERNAME and IOT_KAFKA_PASSWORD "
+                f"(or the file iot_kafka_password in IOT_SECRETS_DIR, {secrets_dir()})"
+            )
+        return self
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for the start-up log line; SecretStr prints as '**********'."""
@@ -134,10 +165,15 @@ def node_urls(value: str) -> list[str]:
 
 def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | None = None) -> S:
     """Build settings from env and `argv`; `--help` prints every flag and exits 0."""
+    folder = Path(secrets_dir())
     try:
-        return cls(_cli_parse_args=list(argv or []), _cli_prog_name=prog)
+        return cls(
+            _cli_parse_args=list(argv or []),
+            _cli_prog_name=prog,
+            _secrets_dir=folder if folder.is_dir() else None,
+        )
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(cls, exc)) from None
     except SettingsError as exc:
         # Raised before validation, e.g. for a JSON setting that is not JSON.
         match = re.search(r'field "(\w+)"', str(exc))
@@ -145,6 +181,10 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | N
         raise ConfigError(
             f"invalid settings:\n  {env_name(field)}: cannot parse the value ({exc.__cause__})"
         ) from None
+
+
+def secrets_dir() -> str:
+    return os.environ.get(f"{ENV_PREFIX}SECRETS_DIR", SECRETS_DIR)
 
 
 def _masked(value: Any) -> Any:
@@ -157,10 +197,20 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(cls: type[ServiceSettings], exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a check across settings: its message names them
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        field = str(err["loc"][0])
         flag = "--" + field.replace("_", "-")
-        lines.append(f"  {env_name(field)} / {flag}: {err['msg']} (got {err.get('input')!r})")
+        # A secret's value is never echoed: the error goes to a journal that restarts repeat.
+        got = "its value not shown" if _is_secret(cls, field) else f"got {err.get('input')!r}"
+        lines.append(f"  {env_name(field)} / {flag}: {err['msg']} ({got})")
     return "\n".join(lines)
+
+
+def _is_secret(cls: type[ServiceSettings], field: str) -> bool:
+    info = cls.model_fields.get(field)
+    return info is None or "SecretStr" in str(info.annotation)

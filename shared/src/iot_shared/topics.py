@@ -8,10 +8,9 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from iot_shared.errors import ConfigError
 from iot_shared.kafka import UnderReplicatedTopicsError, ensure_topics
-from iot_shared.logs import configure_logging
-from iot_shared.settings import ServiceSettings, load_settings
+from iot_shared.service import EXIT_BAD_CONFIG, program_settings
+from iot_shared.settings import ServiceSettings
 
 log = logging.getLogger("iot_shared.topics")
 
@@ -29,12 +28,8 @@ class TopicSettings(ServiceSettings):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = load_settings(TopicSettings, sys.argv[1:] if argv is None else argv, "iot-topics")
-    except ConfigError as exc:
-        sys.stderr.write(f"iot-topics: {exc}\n")
-        return 2
-    configure_logging(settings.log_level)
+    if (settings := program_settings(TopicSettings, argv, "iot-topics")) is None:
+        return EXIT_BAD_CONFIG
     wanted = {
         settings.images_topic: settings.images_partitions,
         settings.predictions_topic: settings.predictions_partitions,

@@ -4,12 +4,14 @@ import logging
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import ConfigError
+from iot_shared.kafka import base_config
 from iot_shared.settings import load_settings
 from iot_sink.settings import SinkSettings
 
@@ -129,3 +131,60 @@ def test_help_lists_the_flags(module: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--kafka-bootstrap-servers" in result.stdout
+
+
+def test_secrets_are_read_from_files_in_the_secrets_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "iot_couchdb_password").write_text("from-a-file\n")
+    (tmp_path / "iot_kafka_password").write_text("kafka-from-a-file\n")
+    monkeypatch.setenv("IOT_SECRETS_DIR", str(tmp_path))
+    settings = load_settings(SinkSettings, [])
+    assert settings.couchdb_password.get_secret_value() == "from-a-file"
+    assert settings.kafka_password.get_secret_value() == "kafka-from-a-file"
+
+
+def test_sasl_ssl_makes_a_complete_librdkafka_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "iot_kafka_password").write_text("s3cret")
+    monkeypatch.setenv("IOT_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("IOT_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("IOT_KAFKA_USERNAME", "iot-sink")
+    monkeypatch.setenv("IOT_KAFKA_CA_FILE", str(ca))
+    config = base_config(load_settings(SinkSettings, []), "t")
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert (config["sasl.username"], config["sasl.password"]) == ("iot-sink", "s3cret")
+    assert config["ssl.ca.location"] == str(ca)
+
+
+def test_sasl_ssl_without_a_password_is_refused_naming_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IOT_SECRETS_DIR", "/nonexistent")
+    monkeypatch.setenv("IOT_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("IOT_KAFKA_USERNAME", "iot-sink")
+    with pytest.raises(ConfigError, match="IOT_KAFKA_PASSWORD"):
+        load_settings(SinkSettings, [])
+
+
+def test_a_missing_ca_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOT_KAFKA_CA_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(ConfigError, match="IOT_KAFKA_CA_FILE"):
+        load_settings(SinkSettings, [])
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("IOT_KAFKA_EXTRA_CONFIG", '{"sasl.password": 80417265}'),
+        ("IOT_KAFKA_EXTRA_CONFIG", '{"sasl.password": ["80417265"]}'),
+    ],
+)
+def test_a_refused_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    """The error goes to the journal, once per restart."""
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=env) as refused:
+        load_settings(SinkSettings, [])
+    assert "80417265" not in str(refused.value)

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from iot_shared.run_plan import RunPlan
 from iot_shared.schema import ImageMessage, PredictionMessage
+from iot_shared.settings import load_settings
 from iot_sink import audit
 from iot_sink.audit import AuditSettings, Ledger, RecordRef, render_table
 
@@ -220,7 +221,7 @@ def test_since_accepts_iso_or_epoch_and_naive_times_are_utc() -> None:
 
 def test_json_flag_and_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IOT_COUCHDB_DB", "other_db")
-    settings = audit.load_settings(AuditSettings, ["--json", "--page-size", "50"], "iot-audit")
+    settings = load_settings(AuditSettings, ["--json", "--page-size", "50"], "iot-audit")
     assert settings.json_output and settings.page_size == 50 and settings.couchdb_db == "other_db"
 
 
@@ -270,7 +271,7 @@ def test_a_run_audit_counts_an_image_lost_inside_kafka() -> None:
 def test_the_audit_reads_the_producers_plan_under_the_same_names(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {"IOT_COUNT": "50", "IOT_ORDER": "random", "IOT_SEED": "7"}.items():
         monkeypatch.setenv(name, value)
-    settings = audit.load_settings(AuditSettings, ["--run-id", "run-1"], "iot-audit")
+    settings = load_settings(AuditSettings, ["--run-id", "run-1"], "iot-audit")
     assert settings.image_ids("run-1") == RunPlan(count=50, order="random", seed=7).image_ids("run-1")
 
 

@@ -27,17 +27,24 @@ from ibm_cloud_sdk_core import ApiException
 from rich.console import Console
 
 from iot_shared.couch import make_client
-from iot_shared.errors import ConfigError
-from iot_shared.logs import configure_logging
-from iot_shared.settings import load_settings
+from iot_shared.service import EXIT_BAD_CONFIG, program_settings
 from iot_sink.audit.ledger import Ledger, RecordRef, Report
 from iot_sink.audit.readers import AuditError, ProgressBars, read_documents, read_topics
 from iot_sink.audit.render import render_table
 from iot_sink.audit.settings import AuditSettings
 
-__all__ = ["AuditSettings", "Ledger", "RecordRef", "Report", "main", "render_table", "run_audit"]
+__all__ = [
+    "EXIT_BAD_CONFIG",
+    "AuditSettings",
+    "Ledger",
+    "RecordRef",
+    "Report",
+    "main",
+    "render_table",
+    "run_audit",
+]
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_PROBLEMS, EXIT_UNAVAILABLE = 0, 1, 3  # and EXIT_BAD_CONFIG, 2, as every program
 
 
 def run_audit(settings: AuditSettings, progress: bool = False) -> Report:
@@ -77,12 +84,8 @@ def _text(value: str | bytes | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = load_settings(AuditSettings, sys.argv[1:] if argv is None else argv, "iot-audit")
-    except ConfigError as exc:
-        sys.stderr.write(f"iot-audit: {exc}\n")
+    if (settings := program_settings(AuditSettings, argv, "iot-audit")) is None:
         return EXIT_BAD_CONFIG
-    configure_logging(settings.log_level)
     try:
         report = run_audit(settings, progress=sys.stderr.isatty())
     except (AuditError, KafkaException, ApiException, requests.RequestException) as exc:
