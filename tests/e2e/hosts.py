@@ -34,6 +34,7 @@ GATEWAY = "10.231.47.1"  # the test machine as the hosts see it (the Ansible con
 # (both use the same names and subnet), so it waits for the first to finish.
 LOCK = Path("/run/iot-e2e-hosts.lock")
 LOCK_WAIT_S = 1800
+NETAVARK_IPAM = Path("/run/containers/networks/ipam.db")
 SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
     "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
@@ -133,8 +134,25 @@ def remove_all() -> None:
         if volume.startswith(f"{PREFIX}-vm"):
             podman("volume", "rm", "--force", volume, check=False)
     podman("network", "rm", "--force", NETWORK, check=False)
-    if not podman("ps", "--quiet", check=False).stdout.strip():
+    remove_stale_interfaces()
+    if not podman("ps", "--all", "--quiet", check=False).stdout.strip():
         remove_netavark_chains()
+        # Its address allocations too, which a killed session leaves held (netavark keeps them
+        # per network name, so the next session's hosts could not have their addresses).
+        NETAVARK_IPAM.unlink(missing_ok=True)
+
+
+def remove_stale_interfaces() -> None:
+    """A session killed before its teardown leaves netavark's network namespaces (each with a
+    host's address) and the bridge (with the gateway's) behind, and the subnet stays taken."""
+    prefix = GATEWAY.rsplit(".", 1)[0] + "."
+    for line in run(["ip", "netns", "list"], check=False).stdout.splitlines():
+        namespace = line.split()[0]
+        if f" {prefix}" in run(["ip", "-n", namespace, "-br", "-4", "addr"], check=False).stdout:
+            run(["ip", "netns", "delete", namespace], check=False)
+    for line in run(["ip", "-br", "-4", "addr"], check=False).stdout.splitlines():
+        if f" {GATEWAY}/" in f" {line}":
+            run(["ip", "link", "delete", line.split()[0].split("@")[0]], check=False)
 
 
 def remove_netavark_chains() -> None:
