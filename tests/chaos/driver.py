@@ -14,7 +14,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from prometheus_client.parser import text_string_to_metric_families
 
 from iot_sink.audit import AuditSettings, Report, run_audit
 from tests.chaos.faults import Malformed, Role, Step, malformed_messages, near_limit_message
@@ -246,18 +246,14 @@ class Member:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text format, summed over labels: {metric name: value}."""
+    """Prometheus text format, {metric name: value} summed over labels, and per single label
+    (`name{event="assign"}`)."""
     values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name, _, labels = name_labels.partition("{")
-        with contextlib.suppress(ValueError):
-            number = float(value)
-            # Summed over all labels, and per single label: name{event="assign"}.
-            for key in [name] + [f"{name}{{{label}}}" for label in re.findall(r'\w+="[^"]*"', labels)]:
-                values[key] = values.get(key, 0.0) + number
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            keys = [sample.name, *(f'{sample.name}{{{k}="{v}"}}' for k, v in sample.labels.items())]
+            for key in keys:
+                values[key] = values.get(key, 0.0) + sample.value
     return values
 
 

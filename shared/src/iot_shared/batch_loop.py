@@ -8,7 +8,7 @@ its output). The loop guarantees the rest:
   `undecodable`, with the exception's type in `dlq.detail`.
 - A batch's offsets are committed only after `handle` returned and everything the batch
   produced (outputs and dead letters) is acknowledged by the broker.
-- When that fails (`handle` raised one of `retry_on`, or a delivery failed), the member holds its
+- When that fails (`handle` raised `RetryLaterError`, or a delivery failed), the member holds its
   partitions back: paused and rewound to the batch's first offsets, it keeps polling, so it stays
   in the group however long the outage lasts; after a back-off it resumes and the batch is
   consumed again.
@@ -28,7 +28,7 @@ from confluent_kafka import Message
 from iot_shared.batch_sizing import BatchSizer
 from iot_shared.consumer import GroupMember
 from iot_shared.dead_letters import DeadLetters
-from iot_shared.errors import InvalidMessageError, PipelineError
+from iot_shared.errors import InvalidMessageError, PipelineError, summary
 from iot_shared.lifecycle import StopFlag, backoff_delays
 from iot_shared.publisher import Publisher
 
@@ -67,7 +67,6 @@ class BatchLoop(Generic[T]):
     latency_target_seconds: float = 0.0  # see batch_sizing; 0 = batches up to max_batch always
     # Whether a filling batch has all it waits for (the sink: each image's prediction and back).
     complete: Callable[[list[Message]], bool] = lambda _records: False
-    retry_on: tuple[type[BaseException], ...] = ()
     backoff: Callable[[], Callable[[], float]] = backoff_delays
     sizer: BatchSizer = field(init=False)
     _next_delay: Callable[[], float] = field(init=False)
@@ -161,7 +160,7 @@ class BatchLoop(Generic[T]):
             failures = self.publisher.flush(self.delivery_timeout_seconds)
             if failures:
                 raise RetryLaterError(f"{len(failures)} messages not acknowledged by the broker")
-        except (RetryLaterError, *self.retry_on) as exc:  # type: ignore[misc]  # a tuple of classes
+        except RetryLaterError as exc:
             # What was decoded ahead is dropped and rewound too: it must not overtake this batch.
             ahead, self._ahead = self._ahead, None
             self._hold_back(batch.records + (ahead.records if ahead else []), exc)
@@ -194,12 +193,7 @@ class BatchLoop(Generic[T]):
     def _hold_back(self, records: Sequence[Message], exc: BaseException) -> None:
         delay = self._next_delay()
         log.warning(
-            "batch of %d not finished (%s); holding back, again in %.1fs", len(records), _short(exc), delay
+            "batch of %d not finished (%s); holding back, again in %.1fs", len(records), summary(exc), delay
         )
         self.member.hold_back(records)
         self._resume_at = time.monotonic() + delay
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -41,3 +41,9 @@ class DataError(PipelineError):
 
 class DeliveryError(PipelineError):
     """Kafka did not acknowledge messages in time; nothing was committed for them."""
+
+
+def summary(exc: BaseException) -> str:
+    """An exception in one short line for a log or a health reason: its type and first line."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -21,7 +21,7 @@ from iot_shared.batch_loop import BatchLoop, RetryLaterError
 from iot_shared.consumer import GroupMember, join_group
 from iot_shared.couch import make_client, ping
 from iot_shared.dead_letters import DeadLetters
-from iot_shared.errors import ConfigError
+from iot_shared.errors import ConfigError, summary
 from iot_shared.kafka import wait_for_topics
 from iot_shared.lifecycle import StopFlag, wait_until
 from iot_shared.metrics import Probe, serve_http
@@ -71,7 +71,7 @@ def document_writer(store: DocumentStore) -> Callable[[list[ImageMessage | Predi
             store.write(group_by_id(messages))
         except WRITE_ERRORS as exc:
             WRITE_RETRIES.inc()
-            raise RetryLaterError(f"CouchDB write failed: {_short(exc)}") from exc
+            raise RetryLaterError(f"CouchDB write failed: {summary(exc)}") from exc
 
     return write
 
@@ -147,9 +147,5 @@ def _readiness(client: CloudantV1, settings: SinkSettings, loop: BatchLoop[Any])
     try:
         ping(client, settings.couchdb_db)
     except COUCH_ERRORS as exc:
-        return False, f"couchdb not ready: {_short(exc)}"
+        return False, f"couchdb not ready: {summary(exc)}"
     return loop.readiness()
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
