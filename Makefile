@@ -96,8 +96,9 @@ chaos: $(PY) ## Fault injection on a private stack (kills, broker and CouchDB ou
 BENCH_IMAGES ?= 5000
 # On a private stack of its own (free ports); writes benchmarks/results/{bench.json,bench.png,bench.md}.
 # BENCH_ARGS passes options to `python -m benchmarks.pipeline` (--out, --rates, --rate-seconds, --baseline-images, --smoke).
-bench: $(PY) ## Benchmark: model, inference, sink, end to end, latency at 10/50/200 img/s, vs a seed-style baseline
+bench: $(PY) ## Benchmark: model, inference, sink, end to end, latency at 10/50/200 img/s, vs a seed-style baseline; SASL_SSL vs PLAINTEXT
 	$(PY) -m benchmarks.pipeline --images $(BENCH_IMAGES) $(BENCH_ARGS)
+	$(PY) -m benchmarks.kafka_security
 
 lint: $(PY) ## ruff and mypy
 	$(VENV)/bin/ruff check .
