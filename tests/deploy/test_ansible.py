@@ -6,8 +6,10 @@
   on this machine (no SSH, no root, no network), and the tests check what would otherwise
   only fail on real VMs: addresses, every service setting, secrets, firewall ports.
 
-Secrets: a secret may appear in a file named `secrets.env` (mode 0600, root-only on the VM,
-passed with `docker run --env-file`) and in no other rendered file, nor in Ansible's output.
+Secrets: a service's secret setting is a file of its own in `/etc/iot/<name>/secrets/` (mode
+0400, the container's user only, mounted at /run/secrets); CouchDB's and Grafana's are in
+`secrets.env` (0600, `docker run --env-file`); the Kafka admin's is in the broker's
+`server.properties` and `admin.properties`. No other rendered file, nor Ansible's output, has one.
 
 The main render sets `iot_controller_address` (in a real run each VM reads it from Ansible's SSH
 connection), so the admin ports have a source; other renders change settings that do not touch
@@ -31,9 +33,11 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka.admin import AclOperation, ResourceType  # type: ignore[attr-defined]
 
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
+from iot_shared.access import AccessSettings, Grant, grants
 from iot_shared.settings import ServiceSettings, env_name, load_settings
 from iot_sink import couch_setup
 from iot_sink.settings import SinkSettings
@@ -66,7 +70,7 @@ NEEDED_SETTINGS = {
     "sink": COMMON_SETTINGS
     | {"IOT_GROUP_ID", "IOT_COUCHDB_URL", "IOT_COUCHDB_USER", "IOT_COUCHDB_DB", "IOT_COUCHDB_PASSWORD"},
 }
-SECRET_SETTINGS = {"IOT_COUCHDB_PASSWORD", "IOT_KAFKA_EXTRA_CONFIG"}
+SECRET_SETTINGS = {"IOT_COUCHDB_PASSWORD", "IOT_KAFKA_PASSWORD", "IOT_KAFKA_EXTRA_CONFIG"}
 
 
 def tool(name: str) -> str:
@@ -177,7 +181,12 @@ class Secrets:
     couchdb_sink: str
     couchdb_reader: str
     grafana: str
-    kafka: str
+    kafka: str  # in IOT_KAFKA_EXTRA_CONFIG
+    kafka_admin: str
+    kafka_producer: str
+    kafka_inference: str
+    kafka_sink: str
+    kafka_audit: str
 
     @property
     def extra_vars(self) -> dict[str, Any]:
@@ -186,12 +195,12 @@ class Secrets:
             "vault_couchdb_sink_password": self.couchdb_sink,
             "vault_couchdb_reader_password": self.couchdb_reader,
             "vault_grafana_admin_password": self.grafana,
-            "vault_kafka_extra_config": {
-                "security.protocol": "SASL_PLAINTEXT",
-                "sasl.mechanism": "PLAIN",
-                "sasl.username": "iot",
-                "sasl.password": self.kafka,
-            },
+            "vault_kafka_admin_password": self.kafka_admin,
+            "vault_kafka_producer_password": self.kafka_producer,
+            "vault_kafka_inference_password": self.kafka_inference,
+            "vault_kafka_sink_password": self.kafka_sink,
+            "vault_kafka_audit_password": self.kafka_audit,
+            "vault_kafka_extra_config": {"ssl.key.password": self.kafka},
         }
 
     def all(self) -> dict[str, str]:
@@ -201,6 +210,11 @@ class Secrets:
             "couchdb_reader": self.couchdb_reader,
             "grafana": self.grafana,
             "kafka": self.kafka,
+            "kafka_admin": self.kafka_admin,
+            "kafka_producer": self.kafka_producer,
+            "kafka_inference": self.kafka_inference,
+            "kafka_sink": self.kafka_sink,
+            "kafka_audit": self.kafka_audit,
         }
 
 
@@ -247,6 +261,10 @@ def secret_values() -> Secrets:
         couchdb_reader=f"couch-reader-{secrets.token_hex(12)}",
         grafana=f"grafana-{secrets.token_hex(12)}",
         kafka=f"kafka-{secrets.token_hex(12)}",
+        **{
+            f"kafka_{user}": f"kafka-{user}-{secrets.token_hex(12)}"
+            for user in ("admin", "producer", "inference", "sink", "audit")
+        },
     )
 
 
@@ -316,7 +334,7 @@ def test_site_passes_the_syntax_check(ansible_home: Path) -> None:
 
 
 def test_every_role_has_the_standard_layout() -> None:
-    roles = {"java", "kafka", "docker", "couchdb", "service", "monitoring", "firewall"}
+    roles = {"java", "kafka", "docker", "couchdb", "service", "monitoring", "firewall", "pki"}
     assert {p.name for p in (ANSIBLE / "roles").iterdir() if p.is_dir()} == roles
     for role in roles:
         for part in (
@@ -346,6 +364,41 @@ def test_placeholder_secrets_stop_the_deployment(ansible_home: Path, tmp_path: P
     assert not any(tmp_path.iterdir()), "nothing may be rendered before the secrets check"
 
 
+@pytest.mark.parametrize("password", ["with,comma", "with=equals", "with space", "[bracketed]"])
+def test_a_kafka_password_its_tools_cannot_take_is_refused(
+    ansible_home: Path, tmp_path: Path, secret_values: Secrets, password: str
+) -> None:
+    extra = {**secret_values.extra_vars, "vault_kafka_sink_password": password}
+    result = render_site(ansible_home, tmp_path, extra)
+    assert result.returncode != 0 and "Kafka's tools cannot take" in result.stdout, output(result)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("content", "allowed", "refused"),
+    [
+        ("vault_couchdb_admin_password: in-clear\n", False, True),
+        ("vault_couchdb_admin_password: in-clear\n", True, False),
+        ("$ANSIBLE_VAULT;1.1;AES256\n6132\n", False, False),
+    ],
+)
+def test_a_vault_file_that_is_not_encrypted_is_refused_unless_a_test_allows_it(
+    ansible_home: Path, tmp_path: Path, secret_values: Secrets, content: str, allowed: bool, refused: bool
+) -> None:
+    vault = tmp_path / "vault.yml"
+    vault.write_text(content)
+    extra = {
+        **secret_values.extra_vars,
+        "iot_vault_file": str(vault),
+        "iot_allow_plaintext_vault_for_tests": allowed,
+    }
+    result = render_site(
+        ansible_home, tmp_path / "render", extra, "--limit", "producer", "--tags", "firewall"
+    )
+    assert (result.returncode != 0) == refused, output(result)
+    assert ("is not encrypted" in result.stdout) == refused, output(result)
+
+
 # --- what each VM would get --------------------------------------------------------------
 
 
@@ -354,10 +407,13 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
     docker = {"/etc/docker/daemon.json"}
 
     def service(name: str) -> set[str]:
+        secrets = ["iot_kafka_password", "iot_kafka_extra_config"] + (
+            ["iot_couchdb_password"] if name == "sink" else []
+        )
         return {
             f"/etc/iot/{name}/{name}.env",
-            f"/etc/iot/{name}/secrets.env",
             f"/etc/systemd/system/iot-{name}.service",
+            *(f"/etc/iot/{name}/secrets/{secret}" for secret in secrets),
         }
 
     expected = {
@@ -369,6 +425,8 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
             "/etc/kafka/zookeeper.properties",
             "/etc/kafka/zookeeper-log4j.properties",
             "/etc/kafka/tools-log4j.properties",
+            "/etc/kafka/admin.properties",
+            "/etc/kafka/acls.yml",
             "/etc/systemd/system/kafka.service",
             "/etc/systemd/system/zookeeper.service",
             "/var/lib/zookeeper/myid",
@@ -403,18 +461,18 @@ def test_kafka_advertises_and_connects_to_zookeeper_on_the_broker_address(
 ) -> None:
     broker = inventory.address("broker")
     props = read_properties(rendered.file(inventory.host("broker"), "/etc/kafka/server.properties"))
-    assert props["advertised.listeners"] == f"PLAINTEXT://{broker}:9092"
-    assert props["zookeeper.connect"] == f"{broker}:2181"
+    assert props["advertised.listeners"] == f"SASL_SSL://{broker}:9092"
+    # ZooKeeper beside a single broker listens on loopback only.
+    assert props["zookeeper.connect"] == "127.0.0.1:2181"
     # One broker: one copy of everything, and never an unclean leader.
     assert props["broker.id"] == "1"
     assert props["default.replication.factor"] == props["offsets.topic.replication.factor"] == "1"
     assert props["min.insync.replicas"] == "1" and props["unclean.leader.election.enable"] == "false"
-    assert props["listeners"] == "PLAINTEXT://0.0.0.0:9092"
+    assert props["listeners"] == f"SASL_SSL://{broker}:9092"
     assert props["log.dirs"] == "/var/lib/kafka/data"
     zk = read_properties(rendered.file(inventory.host("broker"), "/etc/kafka/zookeeper.properties"))
     assert zk["clientPort"] == "2181"
-    # ZooKeeper listens on the broker VM's address only, where Kafka connects to it.
-    assert zk["clientPortAddress"] == broker
+    assert zk["clientPortAddress"] == "127.0.0.1"
     assert zk["admin.enableServer"] == "false"
 
 
@@ -486,8 +544,13 @@ def test_kraft_mode_runs_kafka_4_without_zookeeper_on_the_broker_address(
     props = read_properties(render.file(host, "/etc/kafka/server.properties"))
     assert props["process.roles"] == "broker,controller"
     assert props["controller.quorum.voters"] == f"1@{broker}:9093"
-    assert props["advertised.listeners"] == f"PLAINTEXT://{broker}:9092"
+    assert props["advertised.listeners"] == f"SASL_SSL://{broker}:9092"
     assert "zookeeper.connect" not in props
+    # The controllers talk mutual TLS; each broker's certificate is a super user.
+    assert props["listener.security.protocol.map"] == "CONTROLLER:SSL,SASL_SSL:SASL_SSL"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["super.users"] == f"User:admin;User:CN={host}"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
     unit = render.file(host, "/etc/systemd/system/kafka.service").read_text()
     assert "zookeeper" not in unit and "Apache Kafka 4." in unit
     command = exec_starts(unit)[0]
@@ -505,7 +568,8 @@ def test_kraft_mode_runs_kafka_4_without_zookeeper_on_the_broker_address(
 def service_env(rendered: Render, inventory: Inventory, name: str) -> tuple[dict[str, str], dict[str, str]]:
     host = inventory.host(name)
     public = read_env_file(rendered.file(host, f"/etc/iot/{name}/{name}.env"))
-    secret = read_env_file(rendered.file(host, f"/etc/iot/{name}/secrets.env"))
+    folder = rendered.root / host / f"etc/iot/{name}/secrets"
+    secret = {path.name.upper(): path.read_text() for path in folder.iterdir()}
     return public, secret
 
 
@@ -521,7 +585,12 @@ def test_services_use_the_broker_and_couchdb_addresses(
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_every_setting_a_service_needs_is_set_and_valid(
-    rendered: Render, inventory: Inventory, secret_values: Secrets, name: str, monkeypatch: pytest.MonkeyPatch
+    rendered: Render,
+    inventory: Inventory,
+    secret_values: Secrets,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     cls, port = SERVICES[name]
     public, secret = service_env(rendered, inventory, name)
@@ -533,8 +602,13 @@ def test_every_setting_a_service_needs_is_set_and_valid(
     assert set(env) <= known, f"{name} gets settings it does not read: {sorted(set(env) - known)}"
     assert set(secret) <= SECRET_SETTINGS, f"not a secret: {sorted(set(secret) - SECRET_SETTINGS)}"
     assert not set(public) & SECRET_SETTINGS, (
-        f"secret outside secrets.env: {sorted(set(public) & SECRET_SETTINGS)}"
+        f"secret outside the secret files: {sorted(set(public) & SECRET_SETTINGS)}"
     )
+    # The CA the brokers' certificates chain to is mounted at this path (the real one is on the VM).
+    assert env["IOT_KAFKA_CA_FILE"] == "/etc/iot/tls/ca.pem"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env["IOT_KAFKA_CA_FILE"] = str(ca)
 
     # The service itself accepts them (the same validation it runs at start-up).
     for key in [k for k in os.environ if k.startswith("IOT_")]:
@@ -549,7 +623,10 @@ def test_every_setting_a_service_needs_is_set_and_valid(
         "iot-predictions",
         "iot-dlq",
     )
-    assert settings.kafka_extra()["sasl.password"] == secret_values.kafka
+    assert settings.kafka_extra()["ssl.key.password"] == secret_values.kafka
+    # Its own Kafka user, over SASL_SSL.
+    assert (settings.kafka_security_protocol, settings.kafka_username) == ("SASL_SSL", f"iot-{name}")
+    assert settings.kafka_password.get_secret_value() == secret_values.all()[f"kafka_{name}"]
     if isinstance(settings, ProducerSettings):
         assert settings.count == 6 and settings.seconds_between_images == 10.0
     if isinstance(settings, SinkSettings):
@@ -573,7 +650,14 @@ def test_each_service_container_gets_its_env_files(rendered: Render, inventory: 
     command = exec_start.group(1).replace("\\\n", " ").split()
     assert command[:3] == ["/usr/bin/docker", "run", "--rm"]
     assert f"--env-file /etc/iot/{name}/{name}.env" in " ".join(command)
-    assert f"--env-file /etc/iot/{name}/secrets.env" in " ".join(command)
+    assert f"--volume /etc/iot/{name}/secrets:/run/secrets:ro" in " ".join(command)
+    assert "--volume /etc/iot/tls:/etc/iot/tls:ro" in " ".join(command)
+    assert "--env-file /etc/iot/secrets.env" not in " ".join(command)
+    # Hardened: no capability, no privilege by exec, a read-only root, bounded memory and processes.
+    for flag in ("--cap-drop ALL", "--security-opt no-new-privileges", "--read-only", "--pids-limit 256"):
+        assert flag in " ".join(command), flag
+    memory = command[command.index("--memory") + 1]
+    assert memory == {"producer": "384m", "inference": "1536m", "sink": "384m"}[name]
     assert "--network host" in " ".join(command)
     assert re.fullmatch(rf"iot-{name}:[0-9a-f]{{12}}", command[-1]), command[-1]
     assert "Requires=docker.service" in unit
@@ -627,28 +711,67 @@ def test_producer_marker_follows_its_settings(rendered: Render, varied: Render, 
 
 
 def test_no_secret_appears_outside_the_secrets_files(rendered: Render, secret_values: Secrets) -> None:
+    modes = {"secrets.env": 0o600, "server.properties": 0o640, "admin.properties": 0o400}
     seen: dict[str, list[str]] = {name: [] for name in secret_values.all()}
     for path in rendered.root.rglob("*"):
         if not path.is_file():
             continue
         text = path.read_text(errors="replace")
         where = str(path.relative_to(rendered.root))
+        in_service_secrets = path.parent.name == "secrets"
         for name, value in secret_values.all().items():
             if value in text:
-                assert path.name == "secrets.env", f"the {name} secret is in plain text in {where}"
+                assert in_service_secrets or path.name in modes, (
+                    f"the {name} secret is in plain text in {where}"
+                )
                 seen[name].append(where)
-        if path.name == "secrets.env":
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{where} must be mode 0600"
-    # ...and each secret does reach the containers that need it.
+        if in_service_secrets:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o400, f"{where} must be mode 0400"
+        elif path.name in modes and any(v in text for v in secret_values.all().values()):
+            assert stat.S_IMODE(path.stat().st_mode) == modes[path.name], f"{where}: mode"
+    # ...and each secret does reach the containers that need it, and only those.
     # The server admin's password stays with CouchDB; the sink gets its own user's.
     assert seen["couchdb"] == ["vm4/etc/iot/couchdb/secrets.env"]
-    assert seen["couchdb_sink"] == ["vm4/etc/iot/sink/secrets.env"]
+    assert seen["couchdb_sink"] == ["vm4/etc/iot/sink/secrets/iot_couchdb_password"]
     assert seen["grafana"] == ["vm4/etc/iot/grafana/secrets.env"]
     assert sorted(seen["kafka"]) == [
-        "vm1/etc/iot/producer/secrets.env",
-        "vm3/etc/iot/inference/secrets.env",
-        "vm4/etc/iot/sink/secrets.env",
+        "vm1/etc/iot/producer/secrets/iot_kafka_extra_config",
+        "vm3/etc/iot/inference/secrets/iot_kafka_extra_config",
+        "vm4/etc/iot/sink/secrets/iot_kafka_extra_config",
     ]
+    # Kafka's admin stays on the broker; each service gets its own user's password.
+    assert sorted(seen["kafka_admin"]) == [
+        "vm2/etc/kafka/admin.properties",
+        "vm2/etc/kafka/server.properties",
+    ]
+    assert seen["kafka_producer"] == ["vm1/etc/iot/producer/secrets/iot_kafka_password"]
+    assert seen["kafka_inference"] == ["vm3/etc/iot/inference/secrets/iot_kafka_password"]
+    assert seen["kafka_sink"] == ["vm4/etc/iot/sink/secrets/iot_kafka_password"]
+    assert seen["kafka_audit"] == []
+
+
+def test_each_kafka_user_gets_the_acls_iot_kafka_access_gives_it(
+    rendered: Render, inventory: Inventory
+) -> None:
+    """The role's ACLs (group_vars/broker.yml) and iot_shared.access's are the same list."""
+    applied = yaml.safe_load(rendered.file(inventory.host("broker"), "/etc/kafka/acls.yml").read_text())
+    resources = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "cluster": ResourceType.BROKER}
+    role = {
+        (acl["user"], Grant(resources[acl["resource"]], acl["name"], AclOperation[snake(op).upper()]))
+        for acl in applied
+        for op in acl["operations"]
+    }
+    ours = {
+        (user, grant)
+        for user, user_grants in grants(AccessSettings.model_construct()).items()
+        for grant in user_grants
+    }
+    assert role == ours
+
+
+def snake(name: str) -> str:
+    """Kafka's operation names as confluent-kafka spells them: IdempotentWrite -> Idempotent_Write."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name)
 
 
 def test_no_secret_appears_in_ansible_output(rendered: Render, secret_values: Secrets) -> None:
@@ -717,7 +840,7 @@ def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory
 def test_firewall_opens_admin_ports_to_the_controller_not_to_everyone(
     rendered: Render, inventory: Inventory
 ) -> None:
-    """Only SSH is open to everyone; each other port to the VMs that use it and the controller."""
+    """Each port to the VMs that use it and the controller; SSH to the controller only."""
     monitoring, sink = inventory.address("monitoring"), inventory.address("sink")
     expected = {
         ("producer", 8001): {monitoring, CONTROLLER},
@@ -733,7 +856,7 @@ def test_firewall_opens_admin_ports_to_the_controller_not_to_everyone(
     for host in inventory.addresses:
         text = rendered.file(host, "/etc/iot/firewall.nft").read_text()
         assert "0.0.0.0/0" not in text and "::/0" not in text and "meta nfproto" not in text, host
-        assert firewall_ports(rendered, host)[22] == 'tcp dport 22 accept comment "SSH"\n'
+        assert rule_sources(firewall_ports(rendered, host)[22]) == {CONTROLLER}, host
 
 
 def test_admin_only_ports_stay_closed_while_the_controller_is_unknown(
@@ -750,6 +873,8 @@ def test_admin_only_ports_stay_closed_while_the_controller_is_unknown(
     assert rule_sources(ports[8003]) == {inventory.address("monitoring")}
     assert rule_sources(ports[17986]) == {inventory.address("monitoring")}
     assert rule_sources(ports[5984]) == {inventory.address("sink")}
+    # SSH stays open to everyone rather than locking the VM out.
+    assert ports[22] == 'tcp dport 22 accept comment "SSH"\n'
 
 
 def test_admin_sources_can_be_widened(varied: Render, inventory: Inventory) -> None:
@@ -760,6 +885,7 @@ def test_admin_sources_can_be_widened(varied: Render, inventory: Inventory) -> N
     ports = firewall_ports(varied, inventory.host("sink"))
     assert rule_sources(ports[9090]) == wider
     assert rule_sources(ports[5984]) == wider | {inventory.address("sink")}
+    assert rule_sources(ports[22]) == wider
 
 
 def test_prometheus_scrapes_every_service_on_its_vm(rendered: Render, inventory: Inventory) -> None:
@@ -973,7 +1099,7 @@ def test_three_brokers_keep_three_copies_and_need_two_for_a_write(brokers: tuple
     for broker_id, host in enumerate(BROKERS, 1):
         props = read_properties(render.file(host, "/etc/kafka/server.properties"))
         assert props["broker.id" if mode == "zookeeper" else "node.id"] == str(broker_id), host
-        assert props["advertised.listeners"] == f"PLAINTEXT://{BROKERS[host]}:9092", host
+        assert props["advertised.listeners"] == f"SASL_SSL://{BROKERS[host]}:9092", host
         assert props["default.replication.factor"] == props["offsets.topic.replication.factor"] == "3", host
         assert props["transaction.state.log.replication.factor"] == "3", host
         assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2", host

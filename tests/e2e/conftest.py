@@ -34,6 +34,9 @@ KAFKA_RELEASES = {
 }
 JMX_EXPORTER = REPO / "deploy" / "local" / ".kafka" / "agent" / "jmx_prometheus_javaagent-1.0.1.jar"
 KAFKA_CLASSPATH = "/opt/kafka/libs/*"
+# How the role's own tools log in to a SASL_SSL broker (the admin, root only on the broker VMs).
+KAFKA_ADMIN_CONFIG = "/etc/kafka/admin.properties"
+KAFKA_USERS = ("admin", "producer", "inference", "sink", "audit")
 IMAGES_SENT = 6
 ROLES = ("producer", "inference", "sink")
 REGISTRY_PORT = 5000
@@ -62,6 +65,7 @@ class Deployment:
     sink_password: str
     reader_password: str
     extra_vars: dict[str, Any]  # what the playbook was run with
+    kafka_passwords: dict[str, str]  # admin, producer, inference, sink, audit
     images: int = IMAGES_SENT
 
     @property
@@ -83,7 +87,7 @@ class Deployment:
         quoted = " ".join(f"'{a}'" for a in args)
         return vm2.sh(
             f"java -Dlog4j.configuration=file:/etc/kafka/tools-log4j.properties -cp '{KAFKA_CLASSPATH}'"
-            f" {main_class} --bootstrap-server {vm2.address}:9092 {quoted}",
+            f" {main_class} --bootstrap-server {vm2.address}:9092 --command-config {KAFKA_ADMIN_CONFIG} {quoted}",
             timeout=120,
         )
 
@@ -217,12 +221,16 @@ def deployment(
     sink_password = secrets.token_urlsafe(18)
     reader_password = secrets.token_urlsafe(18)
     grafana_password = secrets.token_urlsafe(18)
+    kafka_passwords = {user: secrets.token_urlsafe(18) for user in KAFKA_USERS}
     write_inventory(workdir / "inventory.ini", testbed, workdir / "ssh" / "id_ed25519")
     extra_vars: dict[str, Any] = {
         "vault_couchdb_admin_password": couchdb_password,
         "vault_couchdb_sink_password": sink_password,
         "vault_couchdb_reader_password": reader_password,
         "vault_grafana_admin_password": grafana_password,
+        **{f"vault_kafka_{user}_password": password for user, password in kafka_passwords.items()},
+        # The deployment's CA and certificates, the test's own (not the checkout's .pki).
+        "iot_pki_dir": str(workdir / "pki"),
         **kafka_download,
         **pushed_images,
         "docker_install_source": "distro",
@@ -231,7 +239,21 @@ def deployment(
     }
     first = run_playbook(workdir / "inventory.ini", extra_vars, workdir)
     second = run_playbook(workdir / "inventory.ini", extra_vars, workdir) if first.returncode == 0 else first
-    passwords = [couchdb_password, sink_password, reader_password, grafana_password]
+    passwords = [
+        couchdb_password,
+        sink_password,
+        reader_password,
+        grafana_password,
+        *kafka_passwords.values(),
+    ]
     return Deployment(
-        testbed, first, second, passwords, couchdb_password, sink_password, reader_password, extra_vars
+        testbed,
+        first,
+        second,
+        passwords,
+        couchdb_password,
+        sink_password,
+        reader_password,
+        extra_vars,
+        kafka_passwords,
     )

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,7 +116,60 @@ def test_couchdb_lets_each_user_do_only_its_part(deployment: Deployment) -> None
     assert status("PUT", f"{db}/forged", deployment.couchdb_auth, json={"InferredValue": "truck"}) == 403
     # The sink's unit got its own user, not the server admin's password.
     vm4 = deployment.hosts["vm4"]
-    assert deployment.couchdb_password not in vm4.sh("cat /etc/iot/sink/secrets.env")
+    assert deployment.couchdb_password not in vm4.sh("cat /etc/iot/sink/secrets/*")
+
+
+def test_kafka_refuses_every_client_that_is_not_allowed(deployment: Deployment, tmp_path: Path) -> None:
+    """Asked from vm1 (a pipeline VM: the firewall lets it reach Kafka), in the producer's image."""
+    vm1, vm2 = deployment.hosts["vm1"], deployment.hosts["vm2"]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another CA",
+         "-keyout", str(tmp_path / "other.key"), "-out", str(tmp_path / "other-ca.pem")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    image = vm1.sh(
+        "docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '/iot-producer:' | head -1"
+    ).strip()
+    passwords = deployment.kafka_passwords
+    script = (Path(__file__).parent / "kafka_refusals.py").read_text()
+    answer = vm1.sh(
+        f"cat > /tmp/other-ca.pem <<'PEM'\n{(tmp_path / 'other-ca.pem').read_text()}PEM\n"
+        "docker run --rm -i --network host --entrypoint python"
+        " --volume /etc/iot/tls:/etc/iot/tls:ro --volume /tmp/other-ca.pem:/tmp/other-ca.pem:ro"
+        f" {image} - {vm2.address}:9092 /tmp/other-ca.pem '{passwords['producer']}' '{passwords['inference']}'"
+        f" <<'PY'\n{script}PY\n",
+        timeout=600,
+    )
+    assert json.loads(answer.splitlines()[-1]) == {
+        "plaintext": "_ALL_BROKERS_DOWN",
+        "another CA": "_SSL",
+        "wrong password": "_AUTHENTICATION",
+        "producer logs in": "allowed",
+        "producer reads iot-topic": "TOPIC_AUTHORIZATION_FAILED",
+        "producer writes iot-predictions": "TOPIC_AUTHORIZATION_FAILED",
+        "producer joins group sink": "GROUP_AUTHORIZATION_FAILED",
+        "inference deletes iot-topic": "TOPIC_AUTHORIZATION_FAILED",
+    }
+
+
+def test_no_kafka_password_shows_in_docker_inspect_or_a_process_environment(deployment: Deployment) -> None:
+    for name in ("vm3", "vm4"):
+        host = deployment.hosts[name]
+        seen = host.sh(
+            "docker inspect $(docker ps --quiet); cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'",
+            timeout=120,
+        )
+        # CouchDB's official image still takes its server admin from the environment (README).
+        for user, password in deployment.kafka_passwords.items():
+            assert password not in seen, f"{user}'s Kafka password shows on {name}"
+
+
+@pytest.mark.parametrize(("vm", "name"), [("vm3", "iot-inference"), ("vm4", "iot-sink")])
+def test_service_containers_are_hardened(deployment: Deployment, vm: str, name: str) -> None:
+    config = json.loads(deployment.hosts[vm].sh(f"docker inspect --format '{{{{json .HostConfig}}}}' {name}"))
+    assert config["CapDrop"] == ["ALL"] and config["ReadonlyRootfs"] is True
+    assert "no-new-privileges" in config["SecurityOpt"]
+    assert config["Memory"] > 0 and config["PidsLimit"] > 0
 
 
 def test_prometheus_scrapes_inference_sink_couchdb_and_kafka(deployment: Deployment) -> None:
@@ -141,6 +197,7 @@ def test_firewall_allows_only_what_the_pipeline_needs(deployment: Deployment) ->
     assert not connects(vm1, vm2.address, 9404), "the broker's metrics are Prometheus's and the admins' only"
     assert not connects(vm1, vm4.address, 5984), "CouchDB must only be reachable from the sink and admins"
     assert not connects(vm1, vm4.address, 17986), "CouchDB's metrics must only be reachable from monitoring"
+    assert not connects(vm1, vm2.address, 22), "SSH is the controller's (the admins') only"
 
 
 def test_no_secret_in_ansibles_output(deployment: Deployment) -> None:

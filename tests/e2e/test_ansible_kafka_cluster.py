@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.ansible import PlaybookRun, run_playbook, write_inventory
-from tests.e2e.conftest import Deployment
+from tests.e2e.conftest import KAFKA_ADMIN_CONFIG, Deployment
 from tests.e2e.hosts import Host, restart_host
 from tests.waiting import wait_for
 
@@ -61,7 +61,7 @@ class KafkaCluster:
         quoted = " ".join(f"'{a}'" for a in args)
         return host.sh(
             f"java {TOOL_LOG_CONFIG[self.mode]} -cp '/opt/kafka/libs/*' {main_class}"
-            f" --bootstrap-server {host.address}:9092 {quoted}",
+            f" --bootstrap-server {host.address}:9092 --command-config {KAFKA_ADMIN_CONFIG} {quoted}",
             timeout=120,
         )
 
