@@ -426,7 +426,7 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
             "/etc/kafka/zookeeper-log4j.properties",
             "/etc/kafka/tools-log4j.properties",
             "/etc/kafka/admin.properties",
-            "/etc/kafka/acls.yml",
+            "/var/lib/zookeeper/.iot-acls.yml",
             "/etc/systemd/system/kafka.service",
             "/etc/systemd/system/zookeeper.service",
             "/var/lib/zookeeper/myid",
@@ -754,7 +754,9 @@ def test_each_kafka_user_gets_the_acls_iot_kafka_access_gives_it(
     rendered: Render, inventory: Inventory
 ) -> None:
     """The role's ACLs (group_vars/broker.yml) and iot_shared.access's are the same list."""
-    applied = yaml.safe_load(rendered.file(inventory.host("broker"), "/etc/kafka/acls.yml").read_text())
+    applied = yaml.safe_load(
+        rendered.file(inventory.host("broker"), "/var/lib/zookeeper/.iot-acls.yml").read_text()
+    )
     resources = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "cluster": ResourceType.BROKER}
     role = {
         (acl["user"], Grant(resources[acl["resource"]], acl["name"], AclOperation[snake(op).upper()]))
