@@ -99,6 +99,18 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def published(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host address, container port) per published port; v1 prints `ip:host:container/tcp`, v2 a mapping."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            parts = port.split("/")[0].split(":")
+            found.append((parts[0] if len(parts) == 3 else "", int(parts[-1])))
+        else:
+            found.append((port.get("host_ip", ""), int(port["target"])))
+    return found
+
+
 def seconds(duration: str | int) -> float:
     """`60s` as written (v1) or `1m0s` (v2)."""
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -445,8 +457,19 @@ def test_prometheus_scrapes_the_ports_the_services_serve_metrics_on(
     ini.read(COMPOSE_DIR / "couchdb" / "single-node.ini")
     assert ini["prometheus"]["additional_port"] == "true"
     assert ports["couchdb"] == int(ini["prometheus"]["port"])
-    published = [int(p["target"]) for p in resolved["services"]["couchdb"]["ports"]]
-    assert published == [5984], "CouchDB's metrics port is for Prometheus on the Compose network only"
+    assert [target for _, target in published(resolved["services"]["couchdb"])] == [5984], (
+        "CouchDB's metrics port is for Prometheus on the Compose network only"
+    )
+
+
+def test_published_ports_listen_on_loopback_only(resolved: dict[str, Any]) -> None:
+    # Docker's published ports bypass the host firewall: on all interfaces they would expose
+    # Kafka, CouchDB, Prometheus and Grafana to the whole network.
+    ports = {name: published(service) for name, service in resolved["services"].items()}
+    assert {name for name, found in ports.items() if found} >= {"kafka", "couchdb", "prometheus", "grafana"}
+    for name, found in ports.items():
+        for host_ip, _ in found:
+            assert host_ip == "127.0.0.1", f"{name} publishes on {host_ip or 'every interface'}"
 
 
 def test_prometheus_loads_the_repository_alert_rules(resolved: dict[str, Any]) -> None:
