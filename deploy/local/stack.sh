@@ -22,6 +22,7 @@ KAFKA_METRICS_PORT="${IOT_LOCAL_KAFKA_METRICS_PORT:-9404}" # each broker's JMX e
 KAFKA_SECURITY="${IOT_LOCAL_KAFKA_SECURITY:-plaintext}"
 COUCHDB_PORT="${IOT_LOCAL_COUCHDB_PORT:-5984}"
 COUCHDB_METRICS_PORT="${IOT_LOCAL_COUCHDB_METRICS_PORT:-17986}"
+COUCHDB_TLS_PORT="${IOT_LOCAL_COUCHDB_TLS_PORT:-6984}" # CouchDB's own TLS, with the run dir's CA
 COUCHDB_NODES="${IOT_LOCAL_COUCHDB_NODES:-1}"
 COUCHDB_DIST_PORT="${IOT_LOCAL_COUCHDB_DIST_PORT:-9100}" # Erlang distribution between the nodes
 COUCH_USER="${IOT_LOCAL_COUCHDB_USER:-admin}"
@@ -38,7 +39,7 @@ JMX_EXPORTER_VERSION=1.0.1
 JMX_EXPORTER="$HERE/.kafka/agent/jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar"
 JMX_EXPORTER_CONFIG="$REPO/deploy/prometheus/kafka-jmx-exporter.yml"
 COUCHDB_RELEASE="$HERE/.couchdb"
-TLS="$RUN_DIR/tls"         # ca.pem, and each broker's key and certificate in NAME.pem
+TLS="$RUN_DIR/tls"         # ca.pem, and each TLS server's key and certificate in NAME.pem
 SECRETS="$RUN_DIR/secrets" # USER/iot_kafka_password: the IOT_SECRETS_DIR of a client logging in as USER
 KAFKA_USERS=(admin iot-producer iot-inference iot-sink iot-audit)
 ACCESS="$REPO/.venv/bin/iot-kafka-access"
@@ -127,6 +128,7 @@ bootstrap() { # every broker, separated by commas: IOT_KAFKA_BOOTSTRAP_SERVERS o
   echo "$servers"
 }
 couch_url() { echo "http://$(ip_of "$1"):$COUCHDB_PORT"; } # couch_url NAME
+couch_tls_url() { echo "https://$(ip_of "$1"):$COUCHDB_TLS_PORT"; }
 couch_node_name() { echo "couchdb-$COUCHDB_PORT@$(ip_of "$1")"; } # its Erlang node name
 couch_urls() { # every node's URL, separated by commas: IOT_COUCHDB_URL of the services
   local k urls="$(couch_url couchdb)"
@@ -158,7 +160,8 @@ kafka_ok() { # kafka_ok NAME: the port opens before the broker serves; the log l
 }
 couch_node_ok() { # couch_node_ok NAME: /_up answers once it serves; the admin's request proves the ini took
   curl -fs -m 5 -o /dev/null "$(couch_url "$1")/_up" &&
-    curl -fs -m 5 -o /dev/null -u "$COUCH_USER:$COUCH_PASSWORD" "$(couch_url "$1")/_all_dbs"
+    curl -fs -m 5 -o /dev/null -u "$COUCH_USER:$COUCH_PASSWORD" "$(couch_url "$1")/_all_dbs" &&
+    curl -fs -m 5 -o /dev/null --cacert "$TLS/ca.pem" "$(couch_tls_url "$1")/_up"
 }
 ok() { # ok NAME: NAME's health check
   case "$1" in
@@ -305,7 +308,8 @@ password() {
   cat "$file"
 }
 
-# make_tls: a CA of the run dir's own, and a key and certificate for each broker, for its address.
+# make_tls: a CA of the run dir's own, and a key and certificate for each TLS server (CouchDB's
+# nodes; the brokers with SASL_SSL), for its address.
 make_tls() {
   local name ip
   (umask 077 && mkdir -p "$TLS")
@@ -314,7 +318,8 @@ make_tls() {
       -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null
   fi
   for name in "${SERVICES[@]}"; do
-    [[ "$name" == kafka* && ! -s "$TLS/$name.pem" ]] || continue
+    [[ "$name" == couchdb* || ("$name" == kafka* && "$KAFKA_SECURITY" == sasl_ssl) ]] || continue
+    [[ ! -s "$TLS/$name.pem" ]] || continue
     ip="$(ip_of "$name")"
     openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
     openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial -days 825 \
@@ -375,6 +380,11 @@ bind_address = $ip
 port = $COUCHDB_PORT
 [chttpd_auth]
 secret = $(once couchdb.secret)
+[ssl]
+enable = true
+port = $COUCHDB_TLS_PORT
+cert_file = $TLS/$name.pem
+key_file = $TLS/$name.pem
 [prometheus]
 additional_port = true
 bind_address = $ip
@@ -455,6 +465,9 @@ start() {
         couchdb*)
           port_free "$COUCHDB_METRICS_PORT" "$ip" ||
             die "port $ip:$COUCHDB_METRICS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_METRICS_PORT"
+          port_free "$COUCHDB_TLS_PORT" "$ip" ||
+            die "port $ip:$COUCHDB_TLS_PORT is taken by another process; stop it or set IOT_LOCAL_COUCHDB_TLS_PORT"
+          make_tls
           launch_couchdb "$name"
           ;;
         kafka*)
@@ -488,6 +501,7 @@ start() {
     fi
     echo "Kafka's metrics: http://127.0.0.1:$KAFKA_METRICS_PORT/metrics (each broker on its address)"
     echo "CouchDB: $(couch_urls) (server admin $COUCH_USER; the sink logs in as iot_sink, readers as iot_reader)"
+    echo "CouchDB over TLS: $(couch_tls_url couchdb) (IOT_COUCHDB_CA_FILE=$TLS/ca.pem; each node on its address)"
     echo "CouchDB's metrics: http://127.0.0.1:$COUCHDB_METRICS_PORT/_node/_local/_prometheus (each node on its address)"
     echo "Logs: $RUN_DIR/{zookeeper,kafka*,couchdb*}.log"
   fi

@@ -32,6 +32,7 @@ def couch_env(run_dir: Path, port: int, nodes: int = 1) -> dict[str, str]:
         "IOT_LOCAL_RUN_DIR": str(run_dir),
         "IOT_LOCAL_COUCHDB_PORT": str(port),
         "IOT_LOCAL_COUCHDB_METRICS_PORT": str(free_port()),
+        "IOT_LOCAL_COUCHDB_TLS_PORT": str(free_port()),
         "IOT_LOCAL_COUCHDB_USER": "admin",
         "IOT_LOCAL_COUCHDB_PASSWORD": PASSWORD,
         "IOT_LOCAL_COUCHDB_NODES": str(nodes),
@@ -170,6 +171,9 @@ class PrivateCouch(PrivateServers):
         self.stack = Stack(
             stack.bootstrap, urls[0], "admin", PASSWORD, couchdb_nodes=urls if nodes > 1 else ()
         )
+        # CouchDB's own TLS port, with a certificate signed by the run dir's CA.
+        self.tls_url = f"https://127.0.0.1:{self.env['IOT_LOCAL_COUCHDB_TLS_PORT']}"
+        self.ca_file = run_dir / "tls" / "ca.pem"
 
 
 def _pid(run_dir: Path, name: str) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -59,14 +60,23 @@ class NodesClient(CloudantV1):  # type: ignore[misc]  # the SDK has no type hint
 def make_client(settings: CouchSettings, timeout: float = 30.0) -> CloudantV1:
     """Always authenticated: CouchDB refuses anonymous requests (401)."""
     return client_for(
-        settings.couchdb_url, settings.couchdb_user, settings.couchdb_password.get_secret_value(), timeout
+        settings.couchdb_url,
+        settings.couchdb_user,
+        settings.couchdb_password.get_secret_value(),
+        timeout,
+        settings.couchdb_ca_file,
     )
 
 
-def client_for(url: str, user: str, password: str, timeout: float = 30.0) -> CloudantV1:
-    """A client of the server at URL, or of the cluster whose nodes' URLs it lists (commas)."""
+def client_for(
+    url: str, user: str, password: str, timeout: float = 30.0, ca_file: Path | None = None
+) -> CloudantV1:
+    """A client of the server at URL, or of the cluster whose nodes' URLs it lists (commas).
+
+    An https node's certificate must be signed by `ca_file`'s CA, or by one the system trusts.
+    """
     client = NodesClient(node_urls(url), BasicAuthenticator(user, password))
-    client.set_http_config({"timeout": timeout})
+    client.set_http_config({"timeout": timeout, **({"verify": str(ca_file)} if ca_file else {})})
     return client
 
 

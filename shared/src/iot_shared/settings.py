@@ -151,6 +151,10 @@ class CouchSettings(ServiceSettings):
     couchdb_user: str = Field("admin", min_length=1, description="CouchDB user")
     couchdb_password: SecretStr = Field(SecretStr(""), description="CouchDB password (never logged)")
     couchdb_db: str = Field("img_db", min_length=1, description="Database of image documents")
+    couchdb_ca_file: FilePath | None = Field(
+        None,
+        description="PEM file of the CA that signed CouchDB's certificate, with https (unset: the system's)",
+    )
 
     @property
     def couchdb_urls(self) -> list[str]:

@@ -86,11 +86,13 @@ def prepare_database(client: CloudantV1, db: str) -> list[str]:
     return changes
 
 
-def ensure_user(client: CloudantV1, url: str, name: str, password: str, role: str) -> str | None:
+def ensure_user(
+    client: CloudantV1, settings: CouchSettings, name: str, password: str, role: str
+) -> str | None:
     """The `_users` document of NAME with ROLE and PASSWORD; returns what was changed, if anything."""
     doc_id = f"org.couchdb.user:{name}"
     current = _get_or_none(lambda: client.get_document(db="_users", doc_id=doc_id).get_result())
-    if current is not None and current.get("roles") == [role] and _logs_in(url, name, password):
+    if current is not None and current.get("roles") == [role] and _logs_in(settings, name, password):
         return None
     user = {"name": name, "type": "user", "roles": [role], "password": password}
     if current is not None:
@@ -118,7 +120,7 @@ def setup(settings: CouchSetupSettings) -> list[str]:
     if settings.couchdb_reader_password.get_secret_value():
         users.append((settings.couchdb_reader_user, settings.couchdb_reader_password, READER_ROLE))
     for name, password, role in users:
-        if change := ensure_user(admin, settings.couchdb_url, name, password.get_secret_value(), role):
+        if change := ensure_user(admin, settings, name, password.get_secret_value(), role):
             changes.append(change)
     return changes
 
@@ -131,9 +133,10 @@ def run(settings: CouchSetupSettings, stop: StopFlag) -> int:
     return 0
 
 
-def _logs_in(url: str, name: str, password: str) -> bool:
+def _logs_in(settings: CouchSettings, name: str, password: str) -> bool:
+    client = client_for(settings.couchdb_url, name, password, ca_file=settings.couchdb_ca_file)
     try:
-        session = client_for(url, name, password).get_session_information().get_result()
+        session = client.get_session_information().get_result()
     except ApiException as exc:
         if exc.status_code == 401:
             return False
