@@ -18,6 +18,7 @@ each other.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -292,6 +293,7 @@ VARIED = {
     "docker_insecure_registries": [REGISTRY],
     "couchdb_image": f"{REGISTRY}/standins/couchdb:3.5.0",
     "monitoring_prometheus_image": f"{REGISTRY}/standins/prometheus:v3.1.0",
+    "iot_couchdb_tls": False,
 }
 
 
@@ -580,7 +582,9 @@ def test_services_use_the_broker_and_couchdb_addresses(
     public, _ = service_env(rendered, inventory, name)
     assert public["IOT_KAFKA_BOOTSTRAP_SERVERS"] == f"{inventory.address('broker')}:9092"
     if name == "sink":
-        assert public["IOT_COUCHDB_URL"] == f"http://{inventory.address('couchdb')}:5984"
+        # CouchDB's own TLS port, checked against the deployment's CA.
+        assert public["IOT_COUCHDB_URL"] == f"https://{inventory.address('couchdb')}:6984"
+        assert public["IOT_COUCHDB_CA_FILE"] == "/etc/iot/tls/ca.pem"
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -609,6 +613,8 @@ def test_every_setting_a_service_needs_is_set_and_valid(
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     env["IOT_KAFKA_CA_FILE"] = str(ca)
+    if "IOT_COUCHDB_CA_FILE" in env:
+        env["IOT_COUCHDB_CA_FILE"] = str(ca)
 
     # The service itself accepts them (the same validation it runs at start-up).
     for key in [k for k in os.environ if k.startswith("IOT_")]:
@@ -630,7 +636,7 @@ def test_every_setting_a_service_needs_is_set_and_valid(
     if isinstance(settings, ProducerSettings):
         assert settings.count == 6 and settings.seconds_between_images == 10.0
     if isinstance(settings, SinkSettings):
-        assert settings.couchdb_url == f"http://{inventory.address('couchdb')}:5984"
+        assert settings.couchdb_url == f"https://{inventory.address('couchdb')}:6984"
         # A member of img_db that roles/couchdb makes, never the server admin.
         assert settings.couchdb_password.get_secret_value() == secret_values.couchdb_sink
         assert (settings.couchdb_user, settings.couchdb_db, settings.group_id) == (
@@ -798,6 +804,29 @@ def test_couchdb_runs_as_a_container_with_a_data_volume_and_admin(
     }
 
 
+def test_couchdb_serves_tls_with_its_own_copy_of_the_hosts_certificate(
+    rendered: Render, varied: Render, inventory: Inventory
+) -> None:
+    host = inventory.host("couchdb")
+    unit = rendered.file(host, "/etc/systemd/system/couchdb.service").read_text()
+    assert "--volume /etc/iot/couchdb/tls.pem:/etc/couchdb-tls/host.pem:ro" in unit
+    ini = configparser.ConfigParser(comment_prefixes=(";",))
+    ini.read_string(rendered.file(host, "/etc/iot/couchdb/couchdb.ini").read_text())
+    assert dict(ini["ssl"]) == {
+        "enable": "true",
+        "port": "6984",
+        "cert_file": "/etc/couchdb-tls/host.pem",
+        "key_file": "/etc/couchdb-tls/host.pem",
+    }
+    # iot_couchdb_tls: false keeps the plain port, for the sink too.
+    plain = varied.file(host, "/etc/iot/couchdb/couchdb.ini").read_text()
+    assert "[ssl]" not in plain
+    assert "tls.pem" not in varied.file(host, "/etc/systemd/system/couchdb.service").read_text()
+    public = read_env_file(varied.file(host, "/etc/iot/sink/sink.env"))
+    assert public["IOT_COUCHDB_URL"] == f"http://{inventory.address('couchdb')}:5984"
+    assert "IOT_COUCHDB_CA_FILE" not in public
+
+
 def firewall_ports(rendered: Render, host: str) -> dict[int, str]:
     """Port -> the accept rules' text for it, from the rendered nftables file."""
     ports: dict[int, str] = {}
@@ -821,7 +850,7 @@ def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory
         "producer": {22, 8001},
         "broker": {22, 9092, 9404},
         "inference": {22, 8002},
-        "sink": {22, 8003, 5984, 17986, 3000, 9090},
+        "sink": {22, 8003, 6984, 17986, 3000, 9090},
     }
     for group, ports in expected.items():
         assert set(firewall_ports(rendered, inventory.host(group))) == ports, group
@@ -848,7 +877,7 @@ def test_firewall_opens_admin_ports_to_the_controller_not_to_everyone(
         ("producer", 8001): {monitoring, CONTROLLER},
         ("inference", 8002): {monitoring, CONTROLLER},
         ("sink", 8003): {monitoring, CONTROLLER},
-        ("couchdb", 5984): {sink, CONTROLLER},
+        ("couchdb", 6984): {sink, CONTROLLER},
         ("couchdb", 17986): {monitoring, CONTROLLER},
         ("monitoring", 3000): {CONTROLLER},
         ("monitoring", 9090): {CONTROLLER},
@@ -871,10 +900,10 @@ def test_admin_only_ports_stay_closed_while_the_controller_is_unknown(
     )
     assert result.returncode == 0, output(result)
     ports = firewall_ports(Render(tmp_path, ""), inventory.host("sink"))
-    assert set(ports) == {22, 8003, 5984, 17986}
+    assert set(ports) == {22, 8003, 6984, 17986}
     assert rule_sources(ports[8003]) == {inventory.address("monitoring")}
     assert rule_sources(ports[17986]) == {inventory.address("monitoring")}
-    assert rule_sources(ports[5984]) == {inventory.address("sink")}
+    assert rule_sources(ports[6984]) == {inventory.address("sink")}
     # SSH stays open to everyone rather than locking the VM out.
     assert ports[22] == 'tcp dport 22 accept comment "SSH"\n'
 
@@ -1018,7 +1047,7 @@ def test_a_couchdb_cluster_keeps_three_copies_and_the_sink_knows_every_node(
     public = read_env_file(clustered.file("vm4", "/etc/iot/sink/sink.env"))
     monkeypatch.setenv("IOT_COUCHDB_URL", public["IOT_COUCHDB_URL"])
     # In the inventory's order: the first is the one the sink uses while it answers.
-    assert load_settings(SinkSettings, []).couchdb_urls == [f"http://{a}:5984" for a in nodes]
+    assert load_settings(SinkSettings, []).couchdb_urls == [f"https://{a}:6984" for a in nodes]
     for host, address in COUCHDB_NODES.items():
         ini = clustered.file(host, "/etc/iot/couchdb/couchdb.ini").read_text()
         assert "single_node = false" in ini and "n = 3" in ini, host
@@ -1040,7 +1069,9 @@ def test_the_cluster_nodes_reach_each_other_and_no_one_else_reaches_erlang(
     sink, monitoring = inventory.address("sink"), inventory.address("monitoring")
     for host in COUCHDB_NODES:
         ports = firewall_ports(clustered, host)
-        assert rule_sources(ports[5984]) == nodes | {sink, CONTROLLER}, host
+        assert rule_sources(ports[6984]) == {sink, CONTROLLER}, host
+        # CouchDB's cluster setup reaches a joining node's plain port.
+        assert rule_sources(ports[5984]) == nodes, host
         assert rule_sources(ports[4369]) == rule_sources(ports[9100]) == nodes, host
         assert rule_sources(ports[17986]) == {monitoring, CONTROLLER}, host
     # A single node opens no Erlang port.

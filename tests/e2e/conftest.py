@@ -70,7 +70,13 @@ class Deployment:
 
     @property
     def couchdb_url(self) -> str:
-        return f"http://{self.hosts['vm4'].address}:5984"
+        """CouchDB's own TLS port: the plain one is closed to other hosts."""
+        return f"https://{self.hosts['vm4'].address}:6984"
+
+    @property
+    def ca_file(self) -> Path:
+        """The deployment's CA, which signed CouchDB's and the brokers' certificates."""
+        return Path(self.extra_vars["iot_pki_dir"]) / "ca.pem"
 
     @property
     def couchdb_auth(self) -> tuple[str, str]:

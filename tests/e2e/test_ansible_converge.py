@@ -76,6 +76,7 @@ def stored_documents(deployment: Deployment) -> list[dict[str, Any]]:
         f"{deployment.couchdb_url}/img_db/_all_docs",
         params={"include_docs": "true", "attachments": "true"},
         auth=deployment.couchdb_auth,
+        verify=deployment.ca_file,
         timeout=30,
     )
     response.raise_for_status()
@@ -105,7 +106,9 @@ def test_couchdb_lets_each_user_do_only_its_part(deployment: Deployment) -> None
     db = f"{deployment.couchdb_url}/img_db"
 
     def status(method: str, url: str, auth: tuple[str, str] | None, **kwargs: Any) -> int:
-        return requests.request(method, url, auth=auth, timeout=30, **kwargs).status_code
+        return requests.request(
+            method, url, auth=auth, verify=deployment.ca_file, timeout=30, **kwargs
+        ).status_code
 
     sink = ("iot_sink", deployment.sink_password)
     assert status("GET", f"{db}/_all_docs", None) == 401  # anonymous
@@ -195,7 +198,8 @@ def test_firewall_allows_only_what_the_pipeline_needs(deployment: Deployment) ->
     assert connects(vm1, vm2.address, 9092), "Kafka must answer the pipeline's VMs"
     assert not connects(vm1, vm2.address, 2181), "ZooKeeper must not be reachable from other VMs"
     assert not connects(vm1, vm2.address, 9404), "the broker's metrics are Prometheus's and the admins' only"
-    assert not connects(vm1, vm4.address, 5984), "CouchDB must only be reachable from the sink and admins"
+    assert not connects(vm1, vm4.address, 6984), "CouchDB must only be reachable from the sink and admins"
+    assert not connects(vm1, vm4.address, 5984), "CouchDB's plain port must not be reachable from other VMs"
     assert not connects(vm1, vm4.address, 17986), "CouchDB's metrics must only be reachable from monitoring"
     assert not connects(vm1, vm2.address, 22), "SSH is the controller's (the admins') only"
 

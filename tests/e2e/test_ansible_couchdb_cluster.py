@@ -40,11 +40,13 @@ class Cluster:
         return [self.deployment.hosts[name] for name in NODES]
 
     def url(self, node: str) -> str:
-        return f"http://{self.deployment.hosts[node].address}:5984"
+        return f"https://{self.deployment.hosts[node].address}:6984"
 
     def admin(self, node: str, path: str) -> Any:
         auth = ("admin", self.deployment.couchdb_password)
-        response = requests.get(f"{self.url(node)}/{path}", auth=auth, timeout=30)
+        response = requests.get(
+            f"{self.url(node)}/{path}", auth=auth, verify=self.deployment.ca_file, timeout=30
+        )
         response.raise_for_status()
         return response.json()
 
@@ -108,7 +110,7 @@ def test_a_couchdb_node_killed_while_images_flow_loses_nothing(cluster: Cluster)
     state = vm1.sh("systemctl show iot-producer --property=Result --property=ActiveState", check=False)
     assert "Result=success" in state, state
     sink_log = vm4.sh("journalctl -u iot-sink --no-pager", check=False)
-    assert f"CouchDB node http://{vm5.address}:5984 did not answer" in sink_log
+    assert f"CouchDB node https://{vm5.address}:6984 did not answer" in sink_log
 
     # The audit, run in the sink's container with its settings, counts what was sent since the
     # cluster run against what the cluster holds.
