@@ -201,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaException as exc:
         log.error("could not set the users and ACLs as %s: %s", settings.kafka_username, exc.args[0].str())
         return 1
+    finally:
+        admin.poll(0)  # librdkafka's log lines
     log.info(
         "Kafka access ready: passwords set for %s; ACLs created %d, deleted %d",
         ", ".join(users) or "nobody", created, deleted,

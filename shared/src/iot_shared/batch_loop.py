@@ -113,6 +113,7 @@ class BatchLoop(Generic[T]):
             records = self.poll_batch(wait)
             if not records:
                 self.member.commit_due()  # what the last batches finished, once the stream is quiet
+                self.publisher.poll()  # librdkafka's log lines, while nothing is produced
                 return None
             batch = self._start_decoding(records)
         # Only what has arrived already: decoding ahead must never delay this batch.

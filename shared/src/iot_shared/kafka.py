@@ -13,15 +13,21 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from iot_shared.errors import PipelineError
 from iot_shared.lifecycle import StopFlag, wait_until
+from iot_shared.logs import LIBRDKAFKA
 from iot_shared.settings import ServiceSettings
 
 
 def base_config(settings: ServiceSettings, client_id: str) -> dict[str, Any]:
-    """The librdkafka settings every client of the pipeline starts from."""
+    """The librdkafka settings every client of the pipeline starts from.
+
+    Its log lines go to the LIBRDKAFKA logger instead of raw to stderr. They queue until the
+    client's poll() (a consumer's consume()) serves them: an admin client must be polled too.
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "client.id": client_id,
         "security.protocol": settings.kafka_security_protocol,
+        "logger": LIBRDKAFKA,
     }
     if settings.kafka_security_protocol == "SASL_SSL":
         config |= {
@@ -50,7 +56,8 @@ def wait_for_topics(settings: ServiceSettings, topics: Sequence[str], stop: Stop
     """Wait (bounded) until a broker answers and lists every topic in `topics`.
 
     Raises TimeoutError with one clear line naming the setting to check, so a service with a
-    wrong or unreachable broker exits (and is restarted) instead of hanging silently.
+    wrong or unreachable broker exits (and is restarted) instead of hanging silently;
+    StoppedWhileWaitingError when stop is set meanwhile.
     """
     admin = AdminClient(base_config(settings, "iot-startup"))
 
@@ -62,6 +69,8 @@ def wait_for_topics(settings: ServiceSettings, topics: Sequence[str], stop: Stop
                 f"no broker answers at IOT_KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
                 f"({exc.args[0].str() if exc.args else exc})"
             ) from None
+        finally:
+            admin.poll(0)  # librdkafka's log lines of the attempt
         missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
         if missing:
             raise MissingTopicsError(f"topics {', '.join(missing)} do not exist (iot-topics creates them)")
@@ -92,6 +101,15 @@ def ensure_topics(
     they are never altered (a reassignment is an operator's decision), but never left unsaid.
     """
     admin = AdminClient(base_config(settings, "iot-topics"))
+    try:
+        return _create_topics(admin, partitions, replication_factor, timeout)
+    finally:
+        admin.poll(0)  # librdkafka's log lines
+
+
+def _create_topics(
+    admin: AdminClient, partitions: dict[str, int], replication_factor: int | None, timeout: float
+) -> list[str]:
     deadline = time.monotonic() + timeout
     metadata = admin.list_topics(timeout=timeout)
     replicas = replication_factor or min(3, len(metadata.brokers))

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
+from iot_shared.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -53,6 +55,10 @@ def backoff_delays(first: float = 0.5, cap: float = 30.0) -> Callable[[], float]
     return next_delay
 
 
+class StoppedWhileWaitingError(PipelineError):
+    """Stop was asked for before what the service waits for was ready: nothing failed."""
+
+
 def wait_until(
     what: str,
     attempt: Callable[[], T],
@@ -60,16 +66,23 @@ def wait_until(
     timeout: float,
     errors: tuple[type[BaseException], ...] = (Exception,),
 ) -> T:
-    """Call `attempt` with backoff until it returns, `timeout` passes, or stop is set."""
-    deadline = time.monotonic() + timeout
+    """Call `attempt` with backoff until it returns, `timeout` passes (TimeoutError), or stop is
+    set (StoppedWhileWaitingError); either error says how long it really waited, and for what."""
+    started = time.monotonic()
     next_delay = backoff_delays(0.25, 5.0)
     while True:
         try:
             return attempt()
         except errors as exc:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or stop:
-                raise TimeoutError(f"{what} not ready after {timeout:.0f}s: {exc}") from exc
-            delay = min(next_delay(), remaining)
-            log.warning("%s not ready (%s), retrying in %.1fs", what, exc, delay)
-            stop.wait(delay)
+            waited = time.monotonic() - started
+            if not stop and waited < timeout:
+                delay = min(next_delay(), timeout - waited)
+                log.warning("%s not ready (%s), retrying in %.1fs", what, exc, delay)
+                if not stop.wait(delay):
+                    continue
+                waited = time.monotonic() - started
+            if stop:
+                raise StoppedWhileWaitingError(
+                    f"stopped while waiting for {what}, after {waited:.0f}s: {exc}"
+                ) from exc
+            raise TimeoutError(f"{what} not ready after {waited:.0f}s: {exc}") from exc

@@ -166,6 +166,11 @@ class Publisher:
         self._producer.poll(0)
         self._resend_due()
 
+    def poll(self) -> None:
+        """Serve what librdkafka has queued, without waiting: delivery reports and its log lines.
+        A caller with nothing to send calls it now and then, or the lines pile up and come late."""
+        self._producer.poll(0)
+
     def readiness(self, timeout: float = 2.0) -> tuple[bool, str]:
         """For /readyz: does a broker answer a metadata request?"""
         try:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from iot_shared.errors import ConfigError, PipelineError
-from iot_shared.lifecycle import StopFlag
+from iot_shared.lifecycle import StopFlag, StoppedWhileWaitingError
 from iot_shared.logs import configure_logging
 from iot_shared.metrics import BUILD_INFO, PortTakenError
 from iot_shared.settings import ServiceSettings, load_settings
@@ -46,6 +46,9 @@ def run_service(
     stop = StopFlag().install()
     try:
         return run(settings, stop)
+    except StoppedWhileWaitingError as exc:  # SIGTERM before ready: stopped as asked, like later
+        log.info("%s", exc)
+        return 0
     except PortTakenError as exc:  # a bad setting, found once running
         log.error("%s", exc)
         return EXIT_BAD_CONFIG

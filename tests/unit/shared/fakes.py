@@ -92,12 +92,16 @@ class FakeConsumer:
 class RecordingPublisher:
     sent: list[tuple[str, bytes, str | None, dict[str, bytes]]] = field(default_factory=list)
     failures_to_report: list[list[object]] = field(default_factory=list)
+    polls: int = 0
 
     def send(self, topic: str, value: bytes, key: str | None = None, headers: list | None = None) -> None:
         self.sent.append((topic, value, key, dict(headers or [])))
 
     def flush(self, timeout: float) -> list[object]:
         return self.failures_to_report.pop(0) if self.failures_to_report else []
+
+    def poll(self) -> None:
+        self.polls += 1
 
     def readiness(self, timeout: float = 2.0) -> tuple[bool, str]:
         return True, "kafka reachable"

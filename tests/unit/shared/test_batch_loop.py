@@ -173,6 +173,12 @@ def test_a_partition_whose_commit_failed_is_reported() -> None:
     assert consumer.committed == {("t", 0): 1}
 
 
+def test_an_idle_step_polls_the_publisher_so_librdkafka_s_lines_come_on_time() -> None:
+    loop, publisher = make_loop(FakeConsumer({("t", 0): []}), Handler())
+    assert loop.step() is None
+    assert publisher.polls == 1
+
+
 def test_a_fatal_consumer_error_stops_the_loop_with_a_clear_message() -> None:
     loop, _ = make_loop(FakeConsumer({("t", 0): []}), Handler())
     loop.member.on_error(KafkaError(KafkaError._FENCED, "fenced by a member with the same ID", fatal=True))
