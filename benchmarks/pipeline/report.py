@@ -1,4 +1,4 @@
-"""The run as tables: rich for the terminal, Markdown (bench.md) for the README."""
+"""The run as tables: rich for the terminal, Markdown (bench.md) for docs/benchmark.md."""
 
 from __future__ import annotations
 

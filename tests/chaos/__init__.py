@@ -1,1 +1,1 @@
-"""The fault-injection suite: `make chaos` (see README, "Fault injection")."""
+"""The fault-injection suite: `make chaos` (see docs/testing.md, "Fault injection")."""

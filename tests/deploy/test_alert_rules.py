@@ -18,13 +18,14 @@ import iot_inference.metrics
 import iot_shared.metrics
 import iot_sink.metrics
 from tests.deploy.conftest import find_tool
+from tests.markdown import anchors
 from tests.paths import REPO
 
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 JMX_EXPORTER = REPO / "deploy" / "prometheus" / "kafka-jmx-exporter.yml"
 RULE_TESTS = REPO / "tests" / "deploy" / "prometheus" / "alerts_test.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
-README = (REPO / "README.md").read_text()
+RUNBOOKS = REPO / "docs" / "operating.md"
 assert iot_inference.metrics and iot_shared.metrics and iot_sink.metrics  # imported for their metrics
 # Series Prometheus makes itself, not the services.
 PROMETHEUS_SERIES = {"up"}
@@ -107,22 +108,17 @@ def test_every_rule_has_a_firing_and_a_quiet_case() -> None:
         assert False in outcomes, f"{alert} is never shown to stay quiet in {RULE_TESTS.name}"
 
 
-def readme_anchors() -> set[str]:
-    """GitHub's anchors of the README's headings: lower case, punctuation dropped, spaces as -."""
-    headings = re.findall(r"^#+ (.+)$", README, re.MULTILINE)
-    return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
-
-
 @pytest.mark.parametrize("rule", rules(), ids=lambda r: str(r["alert"]))
 def test_every_rule_says_what_happened_and_links_its_runbook(rule: dict[str, Any]) -> None:
     annotations = rule["annotations"]
     assert set(annotations) == {"summary", "description", "runbook"}
     assert rule["labels"]["severity"] in ("warning", "critical")
     page, anchor = annotations["runbook"].split("#")
-    assert page == "README.md"
-    assert anchor == rule["alert"].lower() and anchor in readme_anchors()
-    operating = README.split("## Operating it\n", 1)[1].split("\n## ", 1)[0]
-    assert f"### {rule['alert']}\n" in operating
+    assert REPO / page == RUNBOOKS
+    text = RUNBOOKS.read_text()
+    assert anchor == rule["alert"].lower() and anchor in anchors(text)
+    runbooks = text.split("\n## Runbooks\n", 1)[1].split("\n## ", 1)[0]
+    assert f"\n### {rule['alert']}\n" in runbooks
 
 
 def exported_series() -> set[str]:

@@ -1,6 +1,7 @@
 """Backing up img_db and restoring it into an empty CouchDB, by CouchDB's own replication, as
-README.md ("Backup and restore") tells an operator to: the backup is pulled as `iot_reader`, the
-restore goes into a database `iot-couchdb-setup` made, and `iot-audit` finds nothing lost."""
+docs/operating.md ("Backing up and restoring CouchDB") tells an operator to: the backup is pulled
+as `iot_reader`, the restore goes into a database `iot-couchdb-setup` made, and `iot-audit` finds
+nothing lost."""
 
 from __future__ import annotations
 

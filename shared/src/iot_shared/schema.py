@@ -1,4 +1,4 @@
-"""The message contract between producer, inference and sink (see README, "Message contract").
+"""The message contract between producer, inference and sink (docs/contract.md).
 
 `ImageWire` and `PredictionWire` are the wire formats as pydantic models; `ImageMessage` and
 `PredictionMessage` are what the services handle. Decoding is strict and bounded: for any input it
