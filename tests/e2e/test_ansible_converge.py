@@ -76,7 +76,7 @@ def stored_documents(deployment: Deployment) -> list[dict[str, Any]]:
         f"{deployment.couchdb_url}/img_db/_all_docs",
         params={"include_docs": "true", "attachments": "true"},
         auth=deployment.couchdb_auth,
-        verify=deployment.ca_file,
+        verify=str(deployment.ca_file),
         timeout=30,
     )
     response.raise_for_status()
@@ -107,7 +107,7 @@ def test_couchdb_lets_each_user_do_only_its_part(deployment: Deployment) -> None
 
     def status(method: str, url: str, auth: tuple[str, str] | None, **kwargs: Any) -> int:
         return requests.request(
-            method, url, auth=auth, verify=deployment.ca_file, timeout=30, **kwargs
+            method, url, auth=auth, verify=str(deployment.ca_file), timeout=30, **kwargs
         ).status_code
 
     sink = ("iot_sink", deployment.sink_password)

@@ -45,7 +45,7 @@ class Cluster:
     def admin(self, node: str, path: str) -> Any:
         auth = ("admin", self.deployment.couchdb_password)
         response = requests.get(
-            f"{self.url(node)}/{path}", auth=auth, verify=self.deployment.ca_file, timeout=30
+            f"{self.url(node)}/{path}", auth=auth, verify=str(self.deployment.ca_file), timeout=30
         )
         response.raise_for_status()
         return response.json()
