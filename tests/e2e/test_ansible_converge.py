@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from PIL import Image
 from tests.e2e.ansible import PlaybookRun
 from tests.e2e.conftest import Deployment
 from tests.e2e.hosts import Host, restart_host
+from tests.tls import another_ca
 from tests.waiting import wait_for
 
 UNITS = {
@@ -125,18 +125,14 @@ def test_couchdb_lets_each_user_do_only_its_part(deployment: Deployment) -> None
 def test_kafka_refuses_every_client_that_is_not_allowed(deployment: Deployment, tmp_path: Path) -> None:
     """Asked from vm1 (a pipeline VM: the firewall lets it reach Kafka), in the producer's image."""
     vm1, vm2 = deployment.hosts["vm1"], deployment.hosts["vm2"]
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another CA",
-         "-keyout", str(tmp_path / "other.key"), "-out", str(tmp_path / "other-ca.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    other_ca = another_ca(tmp_path)
     image = vm1.sh(
         "docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '/iot-producer:' | head -1"
     ).strip()
     passwords = deployment.kafka_passwords
     script = (Path(__file__).parent / "kafka_refusals.py").read_text()
     answer = vm1.sh(
-        f"cat > /tmp/other-ca.pem <<'PEM'\n{(tmp_path / 'other-ca.pem').read_text()}PEM\n"
+        f"cat > /tmp/other-ca.pem <<'PEM'\n{other_ca.read_text()}PEM\n"
         "docker run --rm -i --network host --entrypoint python"
         " --volume /etc/iot/tls:/etc/iot/tls:ro --volume /tmp/other-ca.pem:/tmp/other-ca.pem:ro"
         f" {image} - {vm2.address}:9092 /tmp/other-ca.pem '{passwords['producer']}' '{passwords['inference']}'"

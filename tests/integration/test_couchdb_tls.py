@@ -3,7 +3,6 @@ certificate against the deployment's CA, and a client that trusts another CA sto
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from iot_shared.settings import CouchSettings
 from iot_sink.couch_setup import CouchSetupSettings, setup
 from tests.integration.harness import Stack
 from tests.integration.private_stack import PASSWORD, PrivateCouch, private_couch
+from tests.tls import another_ca
 
 SINK_PASSWORD = "local-dev-only"  # stack.sh's iot-couchdb-setup made iot_sink with it
 
@@ -37,16 +37,6 @@ def sink_settings(couch: PrivateCouch, ca_file: Path | None) -> CouchSettings:
     )
 
 
-def other_ca(folder: Path) -> Path:
-    """A CA that signed nothing of ours."""
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=not ours",
-         "-keyout", str(folder / "other.key"), "-out", str(folder / "other.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return folder / "other.pem"
-
-
 def test_the_sink_stores_over_tls_trusting_the_deployments_ca(couch: PrivateCouch) -> None:
     client = make_client(sink_settings(couch, couch.ca_file))
     ping(client, "img_db")
@@ -59,7 +49,7 @@ def test_the_sink_stores_over_tls_trusting_the_deployments_ca(couch: PrivateCouc
 def test_a_client_that_does_not_trust_the_ca_stores_nothing(
     couch: PrivateCouch, trust: str, tmp_path: Path
 ) -> None:
-    ca_file = other_ca(tmp_path) if trust == "another CA" else None
+    ca_file = another_ca(tmp_path) if trust == "another CA" else None
     client = make_client(sink_settings(couch, ca_file), timeout=10)
     with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
         client.put_document(db="img_db", doc_id="untrusted", document={"x": 1}).get_result()

@@ -19,6 +19,7 @@ from iot_shared.kafka import base_config, ensure_topics
 from iot_shared.settings import ServiceSettings
 from tests.integration.harness import Pipeline, Stack
 from tests.integration.private_stack import PrivateKafka, private_kafka
+from tests.tls import another_ca
 from tests.waiting import wait_for
 
 IMAGES = 20
@@ -161,13 +162,7 @@ def test_a_client_without_a_login_is_refused(kafka: PrivateKafka) -> None:
 def test_a_client_trusting_another_ca_is_refused(
     kafka: PrivateKafka, secured: Pipeline, tmp_path: Path
 ) -> None:
-    other_ca = tmp_path / "other-ca.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another CA",
-         "-keyout", str(tmp_path / "other-ca.key"), "-out", str(other_ca)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    config = denied(kafka, "iot-sink", secured) | {"ssl.ca.location": str(other_ca)}
+    config = denied(kafka, "iot-sink", secured) | {"ssl.ca.location": str(another_ca(tmp_path))}
     assert KafkaError._SSL in refused(config)
 
 
