@@ -163,6 +163,24 @@ def test_no_kafka_password_shows_in_docker_inspect_or_a_process_environment(depl
             assert password not in seen, f"{user}'s Kafka password shows on {name}"
 
 
+def test_no_test_password_in_a_journal_or_an_image_layer(deployment: Deployment) -> None:
+    """What the checks above do not read: each host's journal (Ansible's module invocations
+    included) and its images' layers, as `docker save` writes them."""
+    patterns = " ".join(f"-e '{secret}'" for secret in deployment.secrets)
+    for name, host in deployment.hosts.items():
+        found = host.sh(f"journalctl --no-pager -o cat | grep -a -o -F {patterns} | sort -u", check=False)
+        leaked = [n for n, secret in enumerate(deployment.secrets) if secret in found]
+        assert not leaked, f"test passwords (numbers {leaked} of Deployment.secrets) in {name}'s journal"
+        layers = host.sh(
+            "command -v docker >/dev/null || exit 0;"
+            f" docker save $(docker image ls --quiet | sort -u) | grep -a -o -F {patterns} | sort -u",
+            check=False,
+            timeout=900,
+        )
+        leaked = [n for n, secret in enumerate(deployment.secrets) if secret in layers]
+        assert not leaked, f"test passwords (numbers {leaked} of Deployment.secrets) in an image on {name}"
+
+
 @pytest.mark.parametrize(("vm", "name"), [("vm3", "iot-inference"), ("vm4", "iot-sink")])
 def test_service_containers_are_hardened(deployment: Deployment, vm: str, name: str) -> None:
     config = json.loads(deployment.hosts[vm].sh(f"docker inspect --format '{{{{json .HostConfig}}}}' {name}"))

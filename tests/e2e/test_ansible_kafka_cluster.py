@@ -1,9 +1,10 @@
 """Outgrowing one broker: site.yml run with [broker] = vm5, vm6, vm7 and [inference] = vm2, vm3.
 
 First in KRaft mode (Kafka 4.4.0, each broker also a controller): it converges and changes nothing
-the second time; the broker that leads iot-topic is `kill -9`ed while images flow, and the
-audit, which recomputes the run's IDs instead of trusting the broker, finds nothing lost; a
-broker whose data is wiped is formatted and started again by the playbook and catches up. Then
+the second time; a broker whose data is wiped is formatted and started again by the playbook
+and catches up, in a run that also rotates the services' passwords (Kafka's and CouchDB's); then
+the broker that leads iot-topic is `kill -9`ed while images flow, and the audit, which
+recomputes the run's IDs instead of trusting the broker, finds nothing lost. Then
 in ZooKeeper mode (Kafka 3.9.2 with a 3-node ensemble) on the same hosts, emptied first as a
 switch between modes needs: it converges and survives a broker kill with nothing lost.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.e2e.ansible import PlaybookRun, run_playbook, write_inventory
 from tests.e2e.conftest import KAFKA_ADMIN_CONFIG, Deployment
@@ -33,6 +36,16 @@ from tests.waiting import wait_for
 BROKERS = ("vm5", "vm6", "vm7")
 INFERENCE = ("vm2", "vm3")
 IMAGES = 40  # one a second: the broker dies while they flow
+# The passwords a rotation changes (vault variable: where, whose login). The admin's is not: a
+# KRaft cluster's admin login can only be changed by hand (deploy/ansible/README.md).
+ROTATED = {
+    "vault_kafka_producer_password": ("kafka", "iot-producer"),
+    "vault_kafka_inference_password": ("kafka", "iot-inference"),
+    "vault_kafka_sink_password": ("kafka", "iot-sink"),
+    "vault_kafka_audit_password": ("kafka", "iot-audit"),
+    "vault_couchdb_sink_password": ("couchdb", "iot_sink"),
+    "vault_couchdb_reader_password": ("couchdb", "iot_reader"),
+}
 TOOL_LOG_CONFIG = {
     "kraft": "-Dlog4j2.configurationFile=/etc/kafka/tools-log4j2.properties",
     "zookeeper": "-Dlog4j.configuration=file:/etc/kafka/tools-log4j.properties",
@@ -55,15 +68,59 @@ class KafkaCluster:
         self.runs.append(run)
         return run
 
-    def tool(self, main_class: str, *args: str, on: str = BROKERS[0]) -> str:
-        """A Kafka command-line tool, run on broker ON against its own listener."""
+    def tool(
+        self, main_class: str, *args: str, on: str = BROKERS[0], config: str = KAFKA_ADMIN_CONFIG
+    ) -> str:
+        """A Kafka command-line tool, run on broker ON against its own listener; its stdout. As
+        the admin, or with another login's settings in CONFIG: then its stderr too, and a
+        failure is an answer."""
         host = self.host(on)
         quoted = " ".join(f"'{a}'" for a in args)
+        as_admin = config == KAFKA_ADMIN_CONFIG
         return host.sh(
             f"java {TOOL_LOG_CONFIG[self.mode]} -cp '/opt/kafka/libs/*' {main_class}"
-            f" --bootstrap-server {host.address}:9092 --command-config {KAFKA_ADMIN_CONFIG} {quoted}",
+            f" --bootstrap-server {host.address}:9092 --command-config {config} {quoted}"
+            + ("" if as_admin else " 2>&1"),
             timeout=120,
+            check=as_admin,
         )
+
+    def kafka_takes(self, user: str, password: str) -> bool:
+        """Whether the brokers take USER's SCRAM login with PASSWORD (the admin's settings file,
+        another login in it)."""
+        config = f"/root/{user}.properties"  # root only, like the admin's
+        self.host(BROKERS[0]).sh(
+            f'sed \'s/username="[^"]*" password="[^"]*"/username="{user}" password="{password}"/\''
+            f" {KAFKA_ADMIN_CONFIG} > {config}"
+        )
+        try:
+            out = self.tool("org.apache.kafka.tools.TopicCommand", "--list", config=config)
+        finally:
+            self.host(BROKERS[0]).sh(f"rm -f {config}")
+        assert "iot-topic" in out or "Authentication failed" in out, out[-2000:]
+        return "Authentication failed" not in out
+
+    def couchdb_takes(self, user: str, password: str) -> bool:
+        """Whether CouchDB (vm4, over TLS) takes USER's login with PASSWORD."""
+        deployment = self.deployment
+        response = requests.get(
+            f"{deployment.couchdb_url}/_session",
+            auth=(user, password),
+            verify=str(deployment.ca_file),
+            timeout=30,
+        )
+        assert response.status_code in (200, 401), response.text
+        return response.status_code == 200
+
+    def started_at(self) -> dict[str, str]:
+        """When systemd last started each of the long-running services."""
+        units = [(h, "iot-inference") for h in INFERENCE] + [("vm4", "iot-sink")]
+        return {
+            f"{h} {u}": self.host(h)
+            .sh(f"systemctl show {u} -p ActiveEnterTimestampMonotonic --value")
+            .strip()
+            for h, u in units
+        }
 
     def describe(self, *args: str, on: str = BROKERS[0]) -> str:
         return self.tool("org.apache.kafka.tools.TopicCommand", "--describe", *args, on=on)
@@ -200,22 +257,25 @@ def test_the_playbook_forms_a_kraft_cluster_and_a_second_run_changes_nothing(kra
     assert "Apache Kafka 4.4.0" in kraft.host("vm6").sh("systemctl cat kafka")
 
 
-def test_the_leader_killed_while_images_flow_loses_nothing(kraft: KafkaCluster) -> None:
-    victim, stall, report = kill_the_leader_while_images_flow(kraft)
-    print(f"KRaft: killed {victim}; every iot-topic partition took records again after {stall:.1f}s")
-    assert report["lost"]["count"] == 0 and report["produced"] == report["complete"] == IMAGES, report
-
-
 def test_a_wiped_broker_is_rebuilt_and_a_changed_setting_rolls_through_the_others(
     kraft: KafkaCluster,
 ) -> None:
     vm7 = kraft.host("vm7")
     vm7.sh("systemctl stop kafka && rm -rf /var/lib/kafka/data")
     # The same run changes a broker setting: vm7 (stopped) starts with it, vm5 and vm6 restart
-    # for it one at a time.
+    # for it one at a time. It also rotates the services' passwords (the next test's images go
+    # through with the new ones): the vault changed, site.yml run again.
     kraft.extra_vars["kafka_log_retention_hours"] = 167
+    old = {key: kraft.extra_vars[key] for key in ROTATED}
+    kraft.extra_vars |= {key: secrets.token_urlsafe(18) for key in ROTATED}
+    started = kraft.started_at()
     run = kraft.converge()  # formats the new disk with the cluster's id and starts the broker
     assert run.returncode == 0, run.output[-6000:]
+    for key, (kind, user) in ROTATED.items():
+        takes = kraft.kafka_takes if kind == "kafka" else kraft.couchdb_takes
+        assert takes(user, kraft.extra_vars[key]) and not takes(user, old[key]), f"{key} not rotated"
+    now = kraft.started_at()
+    assert all(now[unit] != started[unit] for unit in started), f"not all restarted: {started} {now}"
     wait_for("vm7 back in sync", lambda: kraft.in_sync("vm7"), 300)
     isrs = re.findall(r"Isr: ([\d,]+)", kraft.describe("--topic", "iot-topic", on="vm7"))
     assert isrs and all(len(isr.split(",")) == 3 for isr in isrs), isrs
@@ -233,6 +293,12 @@ def test_a_wiped_broker_is_rebuilt_and_a_changed_setting_rolls_through_the_other
         if "TASK [kafka : Restart Kafka" in batch and "changed:" in batch:
             assert "TASK [kafka : Wait until no partition is under-replicated" in batch
     assert "log.retention.hours=167" in vm7.sh("cat /etc/kafka/server.properties")
+
+
+def test_the_leader_killed_while_images_flow_loses_nothing(kraft: KafkaCluster) -> None:
+    victim, stall, report = kill_the_leader_while_images_flow(kraft)
+    print(f"KRaft: killed {victim}; every iot-topic partition took records again after {stall:.1f}s")
+    assert report["lost"]["count"] == 0 and report["produced"] == report["complete"] == IMAGES, report
 
 
 @pytest.fixture(scope="module")
