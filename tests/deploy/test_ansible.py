@@ -7,8 +7,9 @@
   only fail on real VMs: addresses, every service setting, secrets, firewall ports.
 
 Secrets: a service's secret setting is a file of its own in `/etc/iot/<name>/secrets/` (mode
-0400, the container's user only, mounted at /run/secrets); CouchDB's and Grafana's are in
-`secrets.env` (0600, `docker run --env-file`); the Kafka admin's is in the broker's
+0400, the container's user only, mounted at /run/secrets), and so are Grafana's and
+Prometheus's (`/etc/iot/<grafana|prometheus>/secrets/`); CouchDB's are in `secrets.env` (0600,
+`docker run --env-file`); the Kafka admin's is in the broker's
 `server.properties` and `admin.properties`. No other rendered file, nor Ansible's output, has one.
 
 The main render sets `iot_controller_address` (in a real run each VM reads it from Ansible's SSH
@@ -35,6 +36,7 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka.admin import AclOperation, ResourceType  # type: ignore[attr-defined]
+from passlib.hash import bcrypt  # type: ignore[import-untyped]
 
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
@@ -182,6 +184,7 @@ class Secrets:
     couchdb_sink: str
     couchdb_reader: str
     grafana: str
+    prometheus: str
     kafka: str  # in IOT_KAFKA_EXTRA_CONFIG
     kafka_admin: str
     kafka_producer: str
@@ -196,6 +199,7 @@ class Secrets:
             "vault_couchdb_sink_password": self.couchdb_sink,
             "vault_couchdb_reader_password": self.couchdb_reader,
             "vault_grafana_admin_password": self.grafana,
+            "vault_prometheus_password": self.prometheus,
             "vault_kafka_admin_password": self.kafka_admin,
             "vault_kafka_producer_password": self.kafka_producer,
             "vault_kafka_inference_password": self.kafka_inference,
@@ -210,6 +214,7 @@ class Secrets:
             "couchdb_sink": self.couchdb_sink,
             "couchdb_reader": self.couchdb_reader,
             "grafana": self.grafana,
+            "prometheus": self.prometheus,
             "kafka": self.kafka,
             "kafka_admin": self.kafka_admin,
             "kafka_producer": self.kafka_producer,
@@ -261,6 +266,7 @@ def secret_values() -> Secrets:
         couchdb_sink=f"couch-sink-{secrets.token_hex(12)}",
         couchdb_reader=f"couch-reader-{secrets.token_hex(12)}",
         grafana=f"grafana-{secrets.token_hex(12)}",
+        prometheus=f"prometheus-{secrets.token_hex(12)}",
         kafka=f"kafka-{secrets.token_hex(12)}",
         **{
             f"kafka_{user}": f"kafka-{user}-{secrets.token_hex(12)}"
@@ -354,6 +360,7 @@ def test_example_vault_holds_only_placeholders() -> None:
     example = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "vault.example.yml").read_text())
     assert example["vault_couchdb_admin_password"].startswith("CHANGE-ME")
     assert example["vault_grafana_admin_password"].startswith("CHANGE-ME")
+    assert example["vault_prometheus_password"].startswith("CHANGE-ME")
     assert example["vault_kafka_extra_config"] == {}
     ignored = (ANSIBLE / ".gitignore").read_text().split()
     assert "/group_vars/all/vault.yml" in ignored and "/inventory.ini" in ignored
@@ -374,6 +381,20 @@ def test_a_kafka_password_its_tools_cannot_take_is_refused(
     result = render_site(ansible_home, tmp_path, extra)
     assert result.returncode != 0 and "Kafka's tools cannot take" in result.stdout, output(result)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("password", "refusal"),
+    [("CHANGE-ME-prometheus-password", "still placeholders"), ("with$dollar", 'no "$"')],
+)
+def test_a_prometheus_password_that_is_a_placeholder_or_has_a_dollar_is_refused(
+    ansible_home: Path, tmp_path: Path, secret_values: Secrets, password: str, refusal: str
+) -> None:
+    """Grafana's data source would expand a "$" in it as a variable."""
+    extra = {**secret_values.extra_vars, "vault_prometheus_password": password}
+    result = render_site(ansible_home, tmp_path, extra, "--limit", "monitoring", "--tags", "monitoring")
+    assert result.returncode != 0 and refusal in result.stdout, output(result)
+    assert not list(tmp_path.rglob("prometheus.yml"))
 
 
 @pytest.mark.parametrize(
@@ -444,8 +465,11 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
             "/etc/systemd/system/couchdb.service",
             "/etc/iot/prometheus/prometheus.yml",
             "/etc/iot/prometheus/rules/alerts.yml",
+            "/etc/iot/prometheus/secrets/web.yml",
+            "/etc/iot/prometheus/secrets/password",
             "/etc/iot/grafana/grafana.env",
-            "/etc/iot/grafana/secrets.env",
+            "/etc/iot/grafana/secrets/admin_password",
+            "/etc/iot/grafana/secrets/prometheus_password",
             "/etc/iot/grafana/provisioning/datasources/prometheus.yml",
             "/etc/iot/grafana/provisioning/dashboards/iot-pipeline.yml",
             "/etc/iot/grafana/dashboards/iot-pipeline.json",
@@ -739,7 +763,11 @@ def test_no_secret_appears_outside_the_secrets_files(rendered: Render, secret_va
     # The server admin's password stays with CouchDB; the sink gets its own user's.
     assert seen["couchdb"] == ["vm4/etc/iot/couchdb/secrets.env"]
     assert seen["couchdb_sink"] == ["vm4/etc/iot/sink/secrets/iot_couchdb_password"]
-    assert seen["grafana"] == ["vm4/etc/iot/grafana/secrets.env"]
+    assert seen["grafana"] == ["vm4/etc/iot/grafana/secrets/admin_password"]
+    assert sorted(seen["prometheus"]) == [
+        "vm4/etc/iot/grafana/secrets/prometheus_password",
+        "vm4/etc/iot/prometheus/secrets/password",
+    ]
     assert sorted(seen["kafka"]) == [
         "vm1/etc/iot/producer/secrets/iot_kafka_extra_config",
         "vm3/etc/iot/inference/secrets/iot_kafka_extra_config",
@@ -972,6 +1000,83 @@ def test_grafana_provisions_the_same_dashboard_as_compose(rendered: Render, inve
     assert datasource["datasources"][0]["type"] == "prometheus"
     unit = rendered.file(host, "/etc/systemd/system/grafana.service").read_text()
     assert "--volume /etc/iot/grafana/dashboards:/etc/grafana/dashboards:ro" in unit
+
+
+def unit_words(render: Render, host: str, name: str) -> list[str]:
+    return exec_starts(render.file(host, f"/etc/systemd/system/{name}.service").read_text())[0]
+
+
+def test_prometheus_serves_https_only_and_asks_every_request_for_its_login(
+    rendered: Render, inventory: Inventory, secret_values: Secrets
+) -> None:
+    host, address = inventory.host("monitoring"), inventory.address("monitoring")
+    web = yaml.safe_load(rendered.file(host, "/etc/iot/prometheus/secrets/web.yml").read_text())
+    assert web["tls_server_config"] == {
+        "cert_file": "/etc/prometheus/secrets/tls.pem",
+        "key_file": "/etc/prometheus/secrets/tls.pem",
+    }
+    # Only a bcrypt hash of the password, which Prometheus checks.
+    assert set(web["basic_auth_users"]) == {"prometheus"}
+    hashed = web["basic_auth_users"]["prometheus"]
+    assert hashed.startswith("$2b$12$") and bcrypt.verify(secret_values.prometheus, hashed)
+    assert not bcrypt.verify(secret_values.grafana, hashed)
+    command = unit_words(rendered, host, "prometheus")
+    assert "--web.config.file=/etc/prometheus/secrets/web.yml" in command
+    volumes = [command[i + 1] for i, word in enumerate(command) if word == "--volume"]
+    assert "/etc/iot/prometheus/secrets:/etc/prometheus/secrets:ro" in volumes
+    assert "/etc/iot/tls/ca.pem:/etc/prometheus/ca.pem:ro" in volumes
+    # It scrapes itself as any client reaches it: HTTPS at the certificate's address, logged in.
+    config = yaml.safe_load(rendered.file(host, "/etc/iot/prometheus/prometheus.yml").read_text())
+    itself = next(job for job in config["scrape_configs"] if job["job_name"] == "prometheus")
+    assert itself["scheme"] == "https" and itself["tls_config"] == {"ca_file": "/etc/prometheus/ca.pem"}
+    assert itself["basic_auth"] == {
+        "username": "prometheus",
+        "password_file": "/etc/prometheus/secrets/password",
+    }
+    assert itself["static_configs"] == [{"targets": [f"{address}:9090"]}]
+
+
+def test_grafana_serves_https_only_and_reads_its_passwords_from_files(
+    rendered: Render, inventory: Inventory
+) -> None:
+    host, address = inventory.host("monitoring"), inventory.address("monitoring")
+    env = read_env_file(rendered.file(host, "/etc/iot/grafana/grafana.env"))
+    assert env["GF_SERVER_PROTOCOL"] == "https"
+    assert env["GF_SERVER_CERT_FILE"] == env["GF_SERVER_CERT_KEY"] == "/run/secrets/tls.pem"
+    assert env["GF_SECURITY_COOKIE_SECURE"] == "true"
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/admin_password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    command = unit_words(rendered, host, "grafana")
+    assert [command[i + 1] for i, word in enumerate(command) if word == "--env-file"] == [
+        "/etc/iot/grafana/grafana.env"
+    ]
+    volumes = [command[i + 1] for i, word in enumerate(command) if word == "--volume"]
+    assert "/etc/iot/grafana/secrets:/run/secrets:ro" in volumes
+    assert "/etc/iot/tls/ca.pem:/etc/grafana/ca.pem:ro" in volumes
+    # Its data source reaches Prometheus over HTTPS, trusting the CA, with Prometheus's login.
+    (source,) = yaml.safe_load(
+        rendered.file(host, "/etc/iot/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    assert source["url"] == f"https://{address}:9090"
+    assert source["basicAuth"] is True and source["basicAuthUser"] == "prometheus"
+    assert source["jsonData"] == {"tlsAuthWithCACert": True}
+    assert source["secureJsonData"] == {
+        "tlsCACert": "$__file{/etc/grafana/ca.pem}",
+        "basicAuthPassword": "$__file{/run/secrets/prometheus_password}",
+    }
+
+
+@pytest.mark.parametrize("name", ["prometheus", "grafana"])
+def test_monitoring_containers_are_hardened(rendered: Render, inventory: Inventory, name: str) -> None:
+    command = unit_words(rendered, inventory.host("monitoring"), name)
+    joined = " ".join(command)
+    for flags in ("--cap-drop ALL", "--security-opt no-new-privileges", "--read-only", "--tmpfs /tmp:"):
+        assert flags in joined, (name, flags)
+    memory = command[command.index("--memory") + 1]
+    assert re.fullmatch(r"[0-9]+[mg]", memory), memory
+    assert int(command[command.index("--pids-limit") + 1]) > 0
+    # No setting on the command line at all, so none can be a password.
+    assert "--env" not in command and "-e" not in command
 
 
 def test_grafana_can_be_switched_off(varied: Render, inventory: Inventory) -> None:

@@ -66,6 +66,7 @@ class Deployment:
     reader_password: str
     extra_vars: dict[str, Any]  # what the playbook was run with
     kafka_passwords: dict[str, str]  # admin, producer, inference, sink, audit
+    prometheus_password: str
     images: int = IMAGES_SENT
 
     @property
@@ -85,7 +86,13 @@ class Deployment:
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://{self.hosts['vm4'].address}:9090"
+        """HTTPS only, with a certificate from the deployment's CA (ca_file)."""
+        return f"https://{self.hosts['vm4'].address}:9090"
+
+    @property
+    def prometheus_auth(self) -> tuple[str, str]:
+        """The login Prometheus asks of every request."""
+        return ("prometheus", self.prometheus_password)
 
     def kafka_tool(self, main_class: str, *args: str) -> str:
         """A Kafka command-line tool, run on the broker VM against its own listener."""
@@ -227,6 +234,7 @@ def deployment(
     sink_password = secrets.token_urlsafe(18)
     reader_password = secrets.token_urlsafe(18)
     grafana_password = secrets.token_urlsafe(18)
+    prometheus_password = secrets.token_urlsafe(18)
     kafka_passwords = {user: secrets.token_urlsafe(18) for user in KAFKA_USERS}
     write_inventory(workdir / "inventory.ini", testbed, workdir / "ssh" / "id_ed25519")
     extra_vars: dict[str, Any] = {
@@ -234,6 +242,7 @@ def deployment(
         "vault_couchdb_sink_password": sink_password,
         "vault_couchdb_reader_password": reader_password,
         "vault_grafana_admin_password": grafana_password,
+        "vault_prometheus_password": prometheus_password,
         **{f"vault_kafka_{user}_password": password for user, password in kafka_passwords.items()},
         # The deployment's CA and certificates, the test's own (not the checkout's .pki).
         "iot_pki_dir": str(workdir / "pki"),
@@ -250,6 +259,7 @@ def deployment(
         sink_password,
         reader_password,
         grafana_password,
+        prometheus_password,
         *kafka_passwords.values(),
     ]
     return Deployment(
@@ -262,4 +272,5 @@ def deployment(
         reader_password,
         extra_vars,
         kafka_passwords,
+        prometheus_password,
     )

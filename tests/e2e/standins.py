@@ -31,8 +31,9 @@ prometheus (for `prom/prometheus:v3.1.0`): Debian's `prometheus` package, 2.42, 
   - Same entry point `/bin/prometheus`, default arguments (`--config.file=/etc/prometheus/
     prometheus.yml --storage.tsdb.path=/prometheus`), user nobody, workdir and VOLUME `/prometheus`,
     port 9090, and `promtool`. The flags compose.yaml (none) and the Ansible role
-    (`--config.file`, `--storage.tsdb.path`, `--storage.tsdb.retention.time`,
-    `--web.listen-address`) pass all exist in 2.42.
+    (`--config.file`, `--web.config.file`, `--storage.tsdb.path`, `--storage.tsdb.retention.time`,
+    `--web.listen-address`) pass all exist in 2.42, and so does the web config's TLS and bcrypt
+    basic auth.
   - Prometheus 2's classic web UI (Debian's build), not 3's; 3.x-only configuration or query
     features would fail here. The default prometheus.yml is Debian's (the stack mounts its own).
   - moment-timezone's raw data (220 MB, which the UI does not load) is left out.

@@ -181,7 +181,9 @@ def test_no_test_password_in_a_journal_or_an_image_layer(deployment: Deployment)
         assert not leaked, f"test passwords (numbers {leaked} of Deployment.secrets) in an image on {name}"
 
 
-@pytest.mark.parametrize(("vm", "name"), [("vm3", "iot-inference"), ("vm4", "iot-sink")])
+@pytest.mark.parametrize(
+    ("vm", "name"), [("vm3", "iot-inference"), ("vm4", "iot-sink"), ("vm4", "prometheus")]
+)
 def test_service_containers_are_hardened(deployment: Deployment, vm: str, name: str) -> None:
     config = json.loads(deployment.hosts[vm].sh(f"docker inspect --format '{{{{json .HostConfig}}}}' {name}"))
     assert config["CapDrop"] == ["ALL"] and config["ReadonlyRootfs"] is True
@@ -189,16 +191,44 @@ def test_service_containers_are_hardened(deployment: Deployment, vm: str, name: 
     assert config["Memory"] > 0 and config["PidsLimit"] > 0
 
 
-def test_prometheus_scrapes_inference_sink_couchdb_and_kafka(deployment: Deployment) -> None:
+def test_prometheus_scrapes_inference_sink_couchdb_kafka_and_itself(deployment: Deployment) -> None:
     def up() -> dict[str, str]:
         response = requests.get(
-            f"{deployment.prometheus_url}/api/v1/query", params={"query": "up"}, timeout=10
+            f"{deployment.prometheus_url}/api/v1/query",
+            params={"query": "up"},
+            auth=deployment.prometheus_auth,
+            verify=str(deployment.ca_file),
+            timeout=10,
         )
         return {r["metric"]["job"]: r["value"][1] for r in response.json()["data"]["result"]}
 
-    wait_for("Prometheus on vm4: up == 1 for inference, sink, CouchDB and the broker", lambda: {
-        "inference", "sink", "couchdb", "kafka"} <= {job for job, value in up().items() if value == "1"
+    wait_for("Prometheus on vm4: up == 1 for inference, sink, CouchDB, the broker and itself", lambda: {
+        "inference", "sink", "couchdb", "kafka", "prometheus"} <= {job for job, value in up().items() if value == "1"
     }, 120)  # fmt: skip
+
+
+def test_prometheus_answers_only_over_https_and_only_with_its_login(deployment: Deployment) -> None:
+    url = f"{deployment.prometheus_url}/api/v1/query"
+    ca = str(deployment.ca_file)
+
+    def status(auth: tuple[str, str] | None) -> int:
+        return requests.get(url, params={"query": "up"}, auth=auth, verify=ca, timeout=10).status_code
+
+    assert status(None) == 401
+    assert status(("prometheus", "not-" + deployment.prometheus_password)) == 401
+    assert status(deployment.prometheus_auth) == 200
+    # Plain HTTP on the same port gets no data, with or without the login.
+    plain = requests.get(url.replace("https://", "http://"), auth=deployment.prometheus_auth, timeout=10)
+    assert plain.status_code == 400 and "HTTPS" in plain.text, plain.text
+
+
+def test_prometheus_password_is_in_no_container_setting_and_only_hashed_in_its_web_config(
+    deployment: Deployment,
+) -> None:
+    vm4 = deployment.hosts["vm4"]
+    assert deployment.prometheus_password not in vm4.sh("docker inspect prometheus", timeout=120)
+    web = vm4.sh("cat /etc/iot/prometheus/secrets/web.yml")
+    assert deployment.prometheus_password not in web and "$2b$12$" in web
 
 
 def connects(source: Host, address: str, port: int) -> bool:
