@@ -16,7 +16,9 @@ COMPOSE_DIR := deploy/compose
 COMPOSE_CMD ?= $(shell if docker compose version >/dev/null 2>&1; then echo docker compose; \
   elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; \
   elif command -v podman-compose >/dev/null 2>&1; then echo podman-compose; fi)
-COMPOSE = $(COMPOSE_CMD) -p iot-pipeline --env-file $(COMPOSE_ENV) -f $(COMPOSE_DIR)/compose.yaml
+# SECRETS_DIR: where `make up` writes the passwords Compose mounts as secrets, beside COMPOSE_ENV.
+SECRETS_DIR ?= $(dir $(COMPOSE_ENV)).secrets
+COMPOSE = SECRETS_DIR=$(abspath $(SECRETS_DIR)) $(COMPOSE_CMD) -p iot-pipeline --env-file $(COMPOSE_ENV) -f $(COMPOSE_DIR)/compose.yaml
 # `make up WEIGHTS_DIR=<folder> CIFAR_DIR=<folder>`: build from local copies (Compose v2 + BuildKit).
 COMPOSE_LOCAL_DATA = $(if $(WEIGHTS_DIR),-f $(COMPOSE_DIR)/compose.weights-dir.yaml) \
   $(if $(CIFAR_DIR),-f $(COMPOSE_DIR)/compose.cifar-dir.yaml)
@@ -132,16 +134,30 @@ compose-env:
 	@test -n "$(COMPOSE_CMD)" || { echo "no Compose found: install Docker's Compose plugin (docker compose), docker-compose or podman-compose" >&2; exit 1; }
 	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing: cp deploy/compose/.env.example deploy/compose/.env and set the passwords in it" >&2; exit 1; }
 
-# A value set in the environment wins over the file, as in Compose itself.
+# $$value: the secret $$var, from the environment as it is if set there (as in Compose itself),
+# else its last line in COMPOSE_ENV, unquoted.
+define secret_value
+if [ -n "$${!var+set}" ]; then value="$${!var}"; \
+else value="$$(sed -n "s/^[[:space:]]*$$var[[:space:]]*=[[:space:]]*//p" $(COMPOSE_ENV) | tail -n 1)"; \
+  value="$${value%\"}"; value="$${value#\"}"; value="$${value%\'}"; value="$${value#\'}"; fi
+endef
+
+# Checks every secret first, then writes each to SECRETS_DIR/<name in lower case>, the file
+# compose.yaml mounts: 0644 so that the containers' own users (10001, Grafana's 472) can read it
+# through the bind mount, in a folder that only its owner may enter.
 compose-secrets: compose-env
 	@for var in $(COMPOSE_SECRETS); do \
-	  if [ -n "$${!var+set}" ]; then value="$${!var}"; \
-	  else value="$$(sed -n "s/^[[:space:]]*$$var[[:space:]]*=[[:space:]]*//p" $(COMPOSE_ENV) | tail -n 1)"; fi; \
-	  value="$${value%\"}"; value="$${value#\"}"; value="$${value%\'}"; value="$${value#\'}"; \
+	  $(secret_value); \
 	  placeholder="$$(sed -n "s/^$$var=//p" $(COMPOSE_DIR)/.env.example)"; \
 	  if [ -z "$$value" ]; then echo "$(COMPOSE_ENV): $$var is empty; set a password of your own" >&2; exit 1; fi; \
 	  if [ "$$value" = "$$placeholder" ]; then \
 	    echo "$(COMPOSE_ENV): $$var is still the .env.example placeholder; set a password of your own" >&2; exit 1; fi; \
+	done
+	@mkdir -p "$(SECRETS_DIR)" && chmod 700 "$(SECRETS_DIR)"
+	@for var in $(COMPOSE_SECRETS); do \
+	  $(secret_value); \
+	  file="$(SECRETS_DIR)/$${var,,}"; \
+	  (umask 022 && printf '%s' "$$value" > "$$file.new") && mv -f "$$file.new" "$$file"; \
 	done
 
 compose-local-data:

@@ -1,7 +1,8 @@
 """`make up` for real: the Compose stack built and started under a private dockerd.
 
 What `tests/deploy/test_compose.py` cannot prove without an engine: the three images build from
-the repository, every container with a health check becomes healthy, images flow from the
+the repository, every container with a health check becomes healthy, the passwords are secret
+files that `docker inspect` does not show, images flow from the
 producer through Kafka and inference into CouchDB, `--scale inference=2` splits the images
 topic's partitions between two members, and `make down` then `make up` keeps the data.
 
@@ -119,7 +120,9 @@ class Stack:
             "CIFAR_DIR",
             "COMPOSE_CMD",
         }
-        return {k: v for k, v in self.engine.environ().items() if k not in drop}
+        environ = {k: v for k, v in self.engine.environ().items() if k not in drop}
+        # Where make writes the secret files (beside the settings file), for Compose run by hand.
+        return environ | {"SECRETS_DIR": str(self.env_file.parent / ".secrets")}
 
     def make(self, target: str, *args: str, timeout: float = 900) -> None:
         """`make TARGET COMPOSE_ENV=...` as a user runs it; its output goes to a log file."""
@@ -340,6 +343,20 @@ def test_every_container_with_a_health_check_is_healthy(stack: Stack) -> None:
     assert producer["State"]["Status"] == "running" or producer["State"]["ExitCode"] == 0, describe(producer)
     assert by_service["topics"]["State"]["ExitCode"] == 0
     assert by_service["couchdb-setup"]["State"]["ExitCode"] == 0
+
+
+def test_no_password_in_any_containers_inspect(stack: Stack) -> None:
+    """The passwords are files in /run/secrets: `docker inspect` shows none, but CouchDB's admin
+    password to the couchdb container (its image reads it from the environment only)."""
+    passwords = {name: value for name, value in stack.settings.items() if name.endswith("_PASSWORD")}
+    assert len(passwords) == 4
+    for container in stack.containers():
+        shown = json.dumps(container)
+        allowed = {"COUCHDB_PASSWORD"} if service(container) == "couchdb" else set()
+        leaked = {name for name, value in passwords.items() if value in shown} - allowed
+        assert not leaked, f"{service(container)}: docker inspect shows {sorted(leaked)}"
+    sink = next(c for c in stack.containers() if service(c) == "sink")
+    assert "/run/secrets/iot_couchdb_password" in {m["Destination"] for m in sink["Mounts"]}
 
 
 def test_images_flow_into_couchdb(stack: Stack) -> None:
