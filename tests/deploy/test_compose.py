@@ -22,6 +22,7 @@ import yaml
 
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
+from iot_shared.access import AccessSettings
 from iot_shared.settings import SECRETS_DIR, ServiceSettings, env_name
 from iot_shared.topics import TopicSettings
 from iot_sink.couch_setup import CouchSetupSettings
@@ -690,3 +691,137 @@ def test_make_up_builds_from_local_folders_with_compose_v2_only(tmp_path: Path) 
     result = make("up", f"COMPOSE_ENV={env}", "COMPOSE_CMD=false", *args)
     assert result.returncode != 0
     assert "Compose v2" in result.stderr and "WEIGHTS_URL" in result.stderr
+
+
+# --- make up SECURE=1: compose.secure.yaml ---------------------------------------------------
+
+SECURE_FILE = COMPOSE_DIR / "compose.secure.yaml"
+SECURE_FILES = COMPOSE_DIR / "secure-files.sh"
+# Who logs in to Kafka as whom with SECURE=1; admin is the broker's super user.
+KAFKA_LOGINS = {
+    "kafka-access": "admin",
+    "topics": "admin",
+    "producer": "iot-producer",
+    "inference": "iot-inference",
+    "sink": "iot-sink",
+}
+
+
+@pytest.fixture(scope="module")
+def secure_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("secure") / ".secrets"
+    subprocess.run([str(SECURE_FILES), str(folder)], check=True, timeout=120)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def secure(secure_files: Path) -> dict[str, Any]:
+    """compose.yaml with compose.secure.yaml, as `make up SECURE=1` runs them."""
+    result = subprocess.run(
+        [find_tool("docker-compose"), "--env-file", str(ENV_EXAMPLE)]
+        + [arg for path in (COMPOSE_FILE, SECURE_FILE) for arg in ("-f", str(path))]
+        + ["config"],
+        env={**os.environ, "SECRETS_DIR": str(secure_files)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def test_secure_kafka_takes_sasl_ssl_logins_only_and_refuses_what_no_acl_allows(
+    secure: dict[str, Any],
+) -> None:
+    kafka = secure["services"]["kafka"]
+    env = kafka["environment"]
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = [item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")]
+    assert {protocols[name] for name in listeners} == {"SASL_SSL"}, protocols
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"]
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    # The broker's files are mounted where its settings name them, and no password is in its environment.
+    mounted = mounted_secrets(kafka)
+    for setting in ("KAFKA_SSL_KEYSTORE_LOCATION", "KAFKA_SSL_TRUSTSTORE_LOCATION"):
+        assert env[setting] in mounted, setting
+    jaas = env["KAFKA_OPTS"].split("java.security.auth.login.config=")[1].split()[0]
+    assert jaas in mounted
+    assert not [k for k in env if "PASSWORD" in k]
+    assert kafka["depends_on"]["kafka-admin-login"]["condition"] == "service_completed_successfully"
+    # Still loopback only.
+    assert {host for host, _ in published(kafka)} == {"127.0.0.1"}
+
+
+def test_secure_services_log_in_as_their_own_user_with_a_password_file(secure: dict[str, Any]) -> None:
+    services = secure["services"]
+    access = AccessSettings.model_fields
+    users = {"iot-producer", "iot-inference", "iot-sink", "iot-audit"}
+    assert users == {
+        f"iot-{field.split('_')[1]}" for field in access if re.fullmatch(r"kafka_\w+_password", field)
+    }
+    for name, user in KAFKA_LOGINS.items():
+        env = services[name]["environment"]
+        assert env["IOT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["IOT_KAFKA_USERNAME"] == user, name
+        files = mounted_secrets(services[name])
+        assert files[env["IOT_KAFKA_CA_FILE"]] == "kafka_ca", name
+        own = "admin" if user == "admin" else user.removeprefix("iot-")
+        assert files["/run/secrets/iot_kafka_password"] == f"kafka_{own}_password", name
+        assert not [k for k in env if "PASSWORD" in k], name
+    # iot-kafka-access gets every user's password, each under the setting that reads it.
+    files = mounted_secrets(services["kafka-access"])
+    for user in users:
+        role = user.removeprefix("iot-")
+        assert files[f"/run/secrets/iot_kafka_{role}_password"] == f"kafka_{role}_password"
+    # The users and ACLs are made before anything but admin logs in.
+    assert services["topics"]["depends_on"]["kafka-access"]["condition"] == "service_completed_successfully"
+    assert services["kafka-access"]["build"] == services["sink"]["build"]
+    assert services["kafka-access"]["image"] == services["sink"]["image"]
+
+
+def test_secure_files_are_made_once_with_a_certificate_for_what_clients_dial(
+    secure: dict[str, Any], secure_files: Path
+) -> None:
+    made_by_the_script = set(yaml.safe_load(SECURE_FILE.read_text())["secrets"])
+    for name in made_by_the_script:
+        path = Path(secure["secrets"][name]["file"])
+        assert path.parent == secure_files and path.is_file(), name
+        assert path.stat().st_mode & 0o777 == 0o644, name
+    assert secure_files.stat().st_mode & 0o777 == 0o700
+    assert (secure_files / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert "ca.key" not in {Path(s["file"]).name for s in secure["secrets"].values()}
+    certificate = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(secure_files / "kafka.pem")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "DNS:kafka" in certificate and "DNS:localhost" in certificate  # kafka:9092, localhost:29092
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(secure_files / "ca.pem"), str(secure_files / "kafka.pem")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    admin = (secure_files / "kafka_admin_password").read_text()
+    assert f'password="{admin}"' in (secure_files / "kafka_server_jaas.conf").read_text()
+    assert f'password="{admin}"' in (secure_files / "kafka_admin.properties").read_text()
+    # Run again: nothing is made anew.
+    before = {path.name: path.read_bytes() for path in secure_files.iterdir()}
+    subprocess.run([str(SECURE_FILES), str(secure_files)], check=True, timeout=120)
+    assert before == {path.name: path.read_bytes() for path in secure_files.iterdir()}
+
+
+def test_make_up_secure_adds_the_override_and_makes_its_files(tmp_path: Path) -> None:
+    env = write_env(tmp_path / ".env", **dict.fromkeys(REQUIRED_SECRETS, "a-real-password"))
+    result = make("-n", "up", "SECURE=1", f"COMPOSE_ENV={env}", "COMPOSE_CMD=compose-under-test")
+    assert result.returncode == 0, result.stderr
+    assert f'secure-files.sh "{tmp_path}/.secrets"' in result.stdout
+    assert "-f deploy/compose/compose.yaml -f deploy/compose/compose.secure.yaml" in result.stdout
+    result = make("-n", "down", "SECURE=1", f"COMPOSE_ENV={env}", "COMPOSE_CMD=compose-under-test")
+    assert "-f deploy/compose/compose.secure.yaml" in result.stdout
+    plain = make("-n", "up", f"COMPOSE_ENV={env}", "COMPOSE_CMD=compose-under-test")
+    assert "compose.secure.yaml" not in plain.stdout and "secure-files.sh" not in plain.stdout
