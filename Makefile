@@ -16,14 +16,18 @@ COMPOSE_DIR := deploy/compose
 COMPOSE_CMD ?= $(shell if docker compose version >/dev/null 2>&1; then echo docker compose; \
   elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; \
   elif command -v podman-compose >/dev/null 2>&1; then echo podman-compose; fi)
-COMPOSE = $(COMPOSE_CMD) -p iot-pipeline --env-file $(COMPOSE_ENV) -f $(COMPOSE_DIR)/compose.yaml
+# SECRETS_DIR: where `make up` writes the passwords Compose mounts as secrets, beside COMPOSE_ENV.
+SECRETS_DIR ?= $(dir $(COMPOSE_ENV)).secrets
+# `make up SECURE=1` (and down/logs/ps alike): Kafka with SASL_SSL and ACLs, compose.secure.yaml.
+COMPOSE = SECRETS_DIR=$(abspath $(SECRETS_DIR)) $(COMPOSE_CMD) -p iot-pipeline --env-file $(COMPOSE_ENV) \
+  -f $(COMPOSE_DIR)/compose.yaml $(if $(SECURE),-f $(COMPOSE_DIR)/compose.secure.yaml)
 # `make up WEIGHTS_DIR=<folder> CIFAR_DIR=<folder>`: build from local copies (Compose v2 + BuildKit).
 COMPOSE_LOCAL_DATA = $(if $(WEIGHTS_DIR),-f $(COMPOSE_DIR)/compose.weights-dir.yaml) \
   $(if $(CIFAR_DIR),-f $(COMPOSE_DIR)/compose.cifar-dir.yaml)
 # make up refuses these when unset, empty or still .env.example's placeholder.
 COMPOSE_SECRETS := COUCHDB_PASSWORD COUCHDB_SINK_PASSWORD COUCHDB_READER_PASSWORD GRAFANA_ADMIN_PASSWORD
 
-.PHONY: help install tools deploy-tools run stop test test-deploy ci-fresh test-unit audit chaos bench lint fmt clean up down logs ps compose-env compose-secrets compose-local-data
+.PHONY: help install tools deploy-tools run stop test test-deploy ci-fresh test-unit audit chaos bench lint fmt clean up down logs ps compose-env compose-secrets compose-secure-files compose-local-data
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -112,12 +116,13 @@ fmt: $(PY) ## Format and fix what ruff can
 clean: ## Stop services and remove local data
 	$(STACK) clean
 
-up: compose-env compose-secrets compose-local-data ## Docker: build the images and start the stack (Kafka, CouchDB, services, Prometheus, Grafana)
+up: compose-env compose-secrets compose-secure-files compose-local-data ## Docker: build the images and start the stack (Kafka, CouchDB, services, Prometheus, Grafana)
 	$(if $(WEIGHTS_DIR),WEIGHTS_DIR=$(abspath $(WEIGHTS_DIR))) $(if $(CIFAR_DIR),CIFAR_DIR=$(abspath $(CIFAR_DIR))) \
 	  $(COMPOSE) $(COMPOSE_LOCAL_DATA) up -d --build
 	@echo "Prometheus http://localhost:9090, Grafana http://localhost:3000 (admin / GRAFANA_ADMIN_PASSWORD; profile grafana),"
 	@echo "CouchDB http://localhost:5984; images stored: curl -u iot_reader:<COUCHDB_READER_PASSWORD> 'http://localhost:5984/img_db/_all_docs?include_docs=true'"
 	@echo "(default host ports: *_HOST_PORT in $(COMPOSE_ENV) changes them)"
+	$(if $(SECURE),@echo "Kafka takes SASL_SSL logins only: CA $(SECRETS_DIR)/ca.pem, passwords $(SECRETS_DIR)/kafka_*_password")
 
 down: compose-env ## Docker: stop and remove the stack (data volumes kept; `make down V=1` removes them too)
 	$(COMPOSE) down $(if $(V),--volumes)
@@ -132,17 +137,35 @@ compose-env:
 	@test -n "$(COMPOSE_CMD)" || { echo "no Compose found: install Docker's Compose plugin (docker compose), docker-compose or podman-compose" >&2; exit 1; }
 	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing: cp deploy/compose/.env.example deploy/compose/.env and set the passwords in it" >&2; exit 1; }
 
-# A value set in the environment wins over the file, as in Compose itself.
+# $$value: the secret $$var, from the environment as it is if set there (as in Compose itself),
+# else its last line in COMPOSE_ENV, unquoted.
+define secret_value
+if [ -n "$${!var+set}" ]; then value="$${!var}"; \
+else value="$$(sed -n "s/^[[:space:]]*$$var[[:space:]]*=[[:space:]]*//p" $(COMPOSE_ENV) | tail -n 1)"; \
+  value="$${value%\"}"; value="$${value#\"}"; value="$${value%\'}"; value="$${value#\'}"; fi
+endef
+
+# Checks every secret first, then writes each to SECRETS_DIR/<name in lower case>, the file
+# compose.yaml mounts: 0644 so that the containers' own users (10001, Grafana's 472) can read it
+# through the bind mount, in a folder that only its owner may enter.
 compose-secrets: compose-env
 	@for var in $(COMPOSE_SECRETS); do \
-	  if [ -n "$${!var+set}" ]; then value="$${!var}"; \
-	  else value="$$(sed -n "s/^[[:space:]]*$$var[[:space:]]*=[[:space:]]*//p" $(COMPOSE_ENV) | tail -n 1)"; fi; \
-	  value="$${value%\"}"; value="$${value#\"}"; value="$${value%\'}"; value="$${value#\'}"; \
+	  $(secret_value); \
 	  placeholder="$$(sed -n "s/^$$var=//p" $(COMPOSE_DIR)/.env.example)"; \
 	  if [ -z "$$value" ]; then echo "$(COMPOSE_ENV): $$var is empty; set a password of your own" >&2; exit 1; fi; \
 	  if [ "$$value" = "$$placeholder" ]; then \
 	    echo "$(COMPOSE_ENV): $$var is still the .env.example placeholder; set a password of your own" >&2; exit 1; fi; \
 	done
+	@mkdir -p "$(SECRETS_DIR)" && chmod 700 "$(SECRETS_DIR)"
+	@for var in $(COMPOSE_SECRETS); do \
+	  $(secret_value); \
+	  file="$(SECRETS_DIR)/$${var,,}"; \
+	  (umask 022 && printf '%s' "$$value" > "$$file.new") && mv -f "$$file.new" "$$file"; \
+	done
+
+# SECURE=1: the CA, the broker's certificate and the Kafka logins, made on first use, then kept.
+compose-secure-files:
+	$(if $(SECURE),@$(COMPOSE_DIR)/secure-files.sh "$(SECRETS_DIR)")
 
 compose-local-data:
 ifneq ($(WEIGHTS_DIR)$(CIFAR_DIR),)

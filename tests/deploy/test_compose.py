@@ -22,7 +22,8 @@ import yaml
 
 from iot_inference.settings import InferenceSettings
 from iot_producer.settings import ProducerSettings
-from iot_shared.settings import ServiceSettings, env_name
+from iot_shared.access import AccessSettings
+from iot_shared.settings import SECRETS_DIR, ServiceSettings, env_name
 from iot_shared.topics import TopicSettings
 from iot_sink.couch_setup import CouchSetupSettings
 from iot_sink.settings import SinkSettings
@@ -49,12 +50,15 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
 }
 # The one-shot containers that run in the sink's image and exit.
 ONE_SHOTS = ("topics", "couchdb-setup")
+# The passwords `make up` requires in .env and writes to SECRETS_DIR/<name in lower case>.
 REQUIRED_SECRETS = (
     "COUCHDB_PASSWORD",
     "COUCHDB_SINK_PASSWORD",
     "COUCHDB_READER_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
 )
+# Of those, what Compose itself reads from .env: CouchDB's image takes its admin from the environment.
+COMPOSE_REQUIRED_SECRETS = ("COUCHDB_PASSWORD",)
 THIRD_PARTY = {  # service -> the variable that names its image
     "zookeeper": "ZOOKEEPER_IMAGE",
     "kafka": "KAFKA_IMAGE",
@@ -119,6 +123,16 @@ def seconds(duration: str | int) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def mounted_secrets(service: dict[str, Any]) -> dict[str, str]:
+    """Path in the container -> secret name; a target without a path lands in /run/secrets."""
+    found = {}
+    for secret in service.get("secrets", []):
+        source = secret if isinstance(secret, str) else secret["source"]
+        target = source if isinstance(secret, str) else secret.get("target", source)
+        found[target if target.startswith("/") else f"/run/secrets/{target}"] = source
+    return found
+
+
 def healthcheck_disabled(healthcheck: dict[str, Any]) -> bool:
     # `disable: true` as written; docker-compose v1 renders it as `test: [NONE]`.
     return bool(healthcheck.get("disable")) or healthcheck.get("test") in (["NONE"], "NONE")
@@ -136,7 +150,7 @@ def env_example() -> dict[str, str]:
 # --- the file and its variables ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("secret", REQUIRED_SECRETS)
+@pytest.mark.parametrize("secret", COMPOSE_REQUIRED_SECRETS)
 def test_compose_refuses_to_start_without_a_secret(tmp_path: Path, secret: str) -> None:
     env = tmp_path / ".env"
     env.write_text("".join(f"{k}={v}\n" for k, v in env_example().items() if k != secret))
@@ -154,17 +168,24 @@ def compose_defaults() -> dict[str, str]:
 
 
 def test_every_variable_the_compose_file_uses_is_in_env_example() -> None:
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
+    # SECRETS_DIR comes from the Makefile (beside the settings file), not from .env.
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE_FILE.read_text())) - {"SECRETS_DIR"}
     # Compose's own settings (COMPOSE_PROFILES) are read by Compose, not written into the file.
     defined = {name for name in env_example() if not name.startswith("COMPOSE_")}
     assert used - defined == set(), "missing from .env.example"
-    assert defined - used == set(), ".env.example sets variables the stack does not use"
+    # The passwords make writes to secret files are not in the compose file.
+    assert defined - used == set(REQUIRED_SECRETS) - set(COMPOSE_REQUIRED_SECRETS), (
+        ".env.example sets variables the stack does not use"
+    )
 
 
 def test_env_example_holds_the_compose_files_defaults() -> None:
     """A user who copies .env.example gets what an empty .env gives: today's pins."""
     example = env_example()
     for name, default in compose_defaults().items():
+        if name == "SECRETS_DIR":  # the Makefile's, beside the settings file: deploy/compose/.secrets
+            assert (COMPOSE_DIR / default).resolve() == COMPOSE_DIR / ".secrets"
+            continue
         assert example[name] == default, f"{name}: .env.example {example[name]!r}, compose.yaml {default!r}"
 
 
@@ -172,6 +193,7 @@ def test_secrets_are_placeholders_and_the_real_env_file_is_never_committed() -> 
     example = env_example()
     for secret in REQUIRED_SECRETS:
         assert example[secret].startswith("change-me"), f"{secret} in .env.example is not a placeholder"
+    for secret in COMPOSE_REQUIRED_SECRETS:
         assert re.search(rf"\$\{{{secret}:\?[^}}]+\}}", COMPOSE_FILE.read_text()), f"{secret} is not required"
     # Read from .gitignore itself: CI may run on a tree without .git.
     ignores = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
@@ -186,7 +208,10 @@ def test_no_secret_is_written_into_the_compose_files() -> None:
         for line in path.read_text().splitlines():
             key, sep, value = line.partition(":")
             if sep and re.search(r"PASSWORD|SECRET|TOKEN", key, re.IGNORECASE) and value.strip():
-                assert value.strip().startswith("${"), f"{path}: literal secret: {line.strip()}"
+                # From .env, or a secret's path (GF_..._PASSWORD__FILE: /run/secrets/...).
+                assert value.strip().startswith(("${", "/run/secrets/")), (
+                    f"{path}: literal secret: {line.strip()}"
+                )
 
 
 # --- our services: settings, commands, images ------------------------------------------------
@@ -199,8 +224,34 @@ def test_every_environment_variable_is_a_setting_the_service_reads(resolved: dic
         unknown = {k for k in env if k.startswith("IOT_")} - known
         assert not unknown, f"{name} sets variables its settings do not read: {unknown}"
         assert all(k.startswith("IOT_") for k in env), f"{name}: a variable without the IOT_ prefix"
-        # The values parse too: each service would start with them.
-        settings.model_validate({k.removeprefix("IOT_").lower(): v for k, v in env.items()})
+        # The values parse too: each service would start with them (and its secret files).
+        values = {k.removeprefix("IOT_").lower(): v for k, v in env.items()}
+        for path in mounted_secrets(resolved["services"][name]):
+            values[Path(path).name.removeprefix("iot_")] = "a-password"
+        settings.model_validate(values)
+
+
+def test_passwords_reach_our_containers_as_files_not_environment(resolved: dict[str, Any]) -> None:
+    """`docker inspect` shows a container's environment: no password of ours is in it."""
+    services = resolved["services"]
+    declared = resolved["secrets"]
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if name != "couchdb":  # its official image reads its admin from the environment only
+            leaked = [k for k in env if "PASSWORD" in k and not k.endswith("__FILE")]
+            assert not leaked, f"{name}: passwords in the environment: {leaked}"
+        for path, source in mounted_secrets(service).items():
+            assert Path(declared[source]["file"]).name == source, "each secret is the file make writes"
+            assert source.upper() in REQUIRED_SECRETS, source
+            if name in SETTINGS:
+                # Read by the setting the file is named after, in IOT_SECRETS_DIR's default.
+                setting = Path(path).name.removeprefix("iot_")
+                assert Path(path).parent == Path(SECRETS_DIR), path
+                assert "SecretStr" in str(SETTINGS[name].model_fields[setting].annotation), path
+    assert set(mounted_secrets(services["sink"]).values()) == {"couchdb_sink_password"}
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] in mounted_secrets(
+        services["grafana"]
+    )
 
 
 def test_every_service_command_exists_and_answers_help(
@@ -404,10 +455,15 @@ def test_the_setup_runs_as_couchdbs_admin_and_the_sink_as_the_user_it_makes(reso
     assert sink["IOT_COUCHDB_URL"] == setup["IOT_COUCHDB_URL"] == "http://couchdb:5984"
     assert sink["IOT_COUCHDB_DB"] == setup["IOT_COUCHDB_DB"]
     assert setup["IOT_COUCHDB_USER"] == couchdb["COUCHDB_USER"]
-    assert setup["IOT_COUCHDB_PASSWORD"] == couchdb["COUCHDB_PASSWORD"]
+    setup_files = mounted_secrets(services["couchdb-setup"])
+    assert setup_files["/run/secrets/iot_couchdb_password"] == "couchdb_password"  # CouchDB's admin's
     # The sink is not the server admin: it logs in as the member the setup makes.
     assert sink["IOT_COUCHDB_USER"] == CouchSetupSettings.model_fields["couchdb_sink_user"].default
-    assert sink["IOT_COUCHDB_PASSWORD"] == setup["IOT_COUCHDB_SINK_PASSWORD"] != couchdb["COUCHDB_PASSWORD"]
+    assert (
+        mounted_secrets(services["sink"])["/run/secrets/iot_couchdb_password"]
+        == setup_files["/run/secrets/iot_couchdb_sink_password"]
+        == "couchdb_sink_password"
+    )
     assert re.fullmatch(r"couchdb:3\.\d+\.\d+", services["couchdb"]["image"])
 
 
@@ -509,8 +565,12 @@ def test_grafana_provisions_the_datasource_and_the_repository_dashboard(resolved
 # --- make ----------------------------------------------------------------------------------
 
 
-def make(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (*REQUIRED_SECRETS, *LOCAL_DATA, "COMPOSE_CMD")}
+def make(
+    *args: str, path: str | None = None, shell: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """make as a user runs it, in a shell with none of the variables it reads, or with `shell`'s."""
+    ignored = (*REQUIRED_SECRETS, *LOCAL_DATA, "COMPOSE_CMD", "SECRETS_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in ignored} | (shell or {})
     if path is not None:
         env["PATH"] = path
     return subprocess.run(
@@ -558,6 +618,28 @@ def test_make_up_passes_real_passwords_to_compose(tmp_path: Path) -> None:
         f"compose-under-test -p iot-pipeline --env-file {env} -f deploy/compose/compose.yaml" in result.stdout
     )
     assert "up -d --build" in result.stdout
+    # Compose finds the secret files where make writes them: beside the settings file.
+    assert f"SECRETS_DIR={tmp_path / '.secrets'} " in result.stdout
+
+
+def test_make_up_writes_each_password_to_the_secret_file_compose_mounts(
+    tmp_path: Path, resolved: dict[str, Any]
+) -> None:
+    passwords = {secret: f"{secret.lower()} 'with' \"quotes\" $x" for secret in REQUIRED_SECRETS}
+    env = write_env(tmp_path / ".env", **{k: f"'{v}'" for k, v in passwords.items()})
+    # A value exported in the shell wins over the file, as in Compose; taken as it is.
+    passwords["GRAFANA_ADMIN_PASSWORD"] = 'from the shell"'
+    shell = {"GRAFANA_ADMIN_PASSWORD": passwords["GRAFANA_ADMIN_PASSWORD"]}
+    result = make("compose-secrets", f"COMPOSE_ENV={env}", shell=shell)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / ".secrets"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    written = {path.name: path for path in folder.iterdir()}
+    assert set(written) == {Path(secret["file"]).name for secret in resolved["secrets"].values()}
+    for secret, password in passwords.items():
+        path = written[secret.lower()]
+        assert path.read_text() == password, secret
+        assert path.stat().st_mode & 0o777 == 0o644, "the containers' users read it through a bind mount"
 
 
 def fake_tools(directory: Path, **scripts: str) -> str:
@@ -609,3 +691,137 @@ def test_make_up_builds_from_local_folders_with_compose_v2_only(tmp_path: Path) 
     result = make("up", f"COMPOSE_ENV={env}", "COMPOSE_CMD=false", *args)
     assert result.returncode != 0
     assert "Compose v2" in result.stderr and "WEIGHTS_URL" in result.stderr
+
+
+# --- make up SECURE=1: compose.secure.yaml ---------------------------------------------------
+
+SECURE_FILE = COMPOSE_DIR / "compose.secure.yaml"
+SECURE_FILES = COMPOSE_DIR / "secure-files.sh"
+# Who logs in to Kafka as whom with SECURE=1; admin is the broker's super user.
+KAFKA_LOGINS = {
+    "kafka-access": "admin",
+    "topics": "admin",
+    "producer": "iot-producer",
+    "inference": "iot-inference",
+    "sink": "iot-sink",
+}
+
+
+@pytest.fixture(scope="module")
+def secure_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("secure") / ".secrets"
+    subprocess.run([str(SECURE_FILES), str(folder)], check=True, timeout=120)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def secure(secure_files: Path) -> dict[str, Any]:
+    """compose.yaml with compose.secure.yaml, as `make up SECURE=1` runs them."""
+    result = subprocess.run(
+        [find_tool("docker-compose"), "--env-file", str(ENV_EXAMPLE)]
+        + [arg for path in (COMPOSE_FILE, SECURE_FILE) for arg in ("-f", str(path))]
+        + ["config"],
+        env={**os.environ, "SECRETS_DIR": str(secure_files)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def test_secure_kafka_takes_sasl_ssl_logins_only_and_refuses_what_no_acl_allows(
+    secure: dict[str, Any],
+) -> None:
+    kafka = secure["services"]["kafka"]
+    env = kafka["environment"]
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = [item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")]
+    assert {protocols[name] for name in listeners} == {"SASL_SSL"}, protocols
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"]
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    # The broker's files are mounted where its settings name them, and no password is in its environment.
+    mounted = mounted_secrets(kafka)
+    for setting in ("KAFKA_SSL_KEYSTORE_LOCATION", "KAFKA_SSL_TRUSTSTORE_LOCATION"):
+        assert env[setting] in mounted, setting
+    jaas = env["KAFKA_OPTS"].split("java.security.auth.login.config=")[1].split()[0]
+    assert jaas in mounted
+    assert not [k for k in env if "PASSWORD" in k]
+    assert kafka["depends_on"]["kafka-admin-login"]["condition"] == "service_completed_successfully"
+    # Still loopback only.
+    assert {host for host, _ in published(kafka)} == {"127.0.0.1"}
+
+
+def test_secure_services_log_in_as_their_own_user_with_a_password_file(secure: dict[str, Any]) -> None:
+    services = secure["services"]
+    access = AccessSettings.model_fields
+    users = {"iot-producer", "iot-inference", "iot-sink", "iot-audit"}
+    assert users == {
+        f"iot-{field.split('_')[1]}" for field in access if re.fullmatch(r"kafka_\w+_password", field)
+    }
+    for name, user in KAFKA_LOGINS.items():
+        env = services[name]["environment"]
+        assert env["IOT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["IOT_KAFKA_USERNAME"] == user, name
+        files = mounted_secrets(services[name])
+        assert files[env["IOT_KAFKA_CA_FILE"]] == "kafka_ca", name
+        own = "admin" if user == "admin" else user.removeprefix("iot-")
+        assert files["/run/secrets/iot_kafka_password"] == f"kafka_{own}_password", name
+        assert not [k for k in env if "PASSWORD" in k], name
+    # iot-kafka-access gets every user's password, each under the setting that reads it.
+    files = mounted_secrets(services["kafka-access"])
+    for user in users:
+        role = user.removeprefix("iot-")
+        assert files[f"/run/secrets/iot_kafka_{role}_password"] == f"kafka_{role}_password"
+    # The users and ACLs are made before anything but admin logs in.
+    assert services["topics"]["depends_on"]["kafka-access"]["condition"] == "service_completed_successfully"
+    assert services["kafka-access"]["build"] == services["sink"]["build"]
+    assert services["kafka-access"]["image"] == services["sink"]["image"]
+
+
+def test_secure_files_are_made_once_with_a_certificate_for_what_clients_dial(
+    secure: dict[str, Any], secure_files: Path
+) -> None:
+    made_by_the_script = set(yaml.safe_load(SECURE_FILE.read_text())["secrets"])
+    for name in made_by_the_script:
+        path = Path(secure["secrets"][name]["file"])
+        assert path.parent == secure_files and path.is_file(), name
+        assert path.stat().st_mode & 0o777 == 0o644, name
+    assert secure_files.stat().st_mode & 0o777 == 0o700
+    assert (secure_files / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert "ca.key" not in {Path(s["file"]).name for s in secure["secrets"].values()}
+    certificate = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(secure_files / "kafka.pem")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "DNS:kafka" in certificate and "DNS:localhost" in certificate  # kafka:9092, localhost:29092
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(secure_files / "ca.pem"), str(secure_files / "kafka.pem")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    admin = (secure_files / "kafka_admin_password").read_text()
+    assert f'password="{admin}"' in (secure_files / "kafka_server_jaas.conf").read_text()
+    assert f'password="{admin}"' in (secure_files / "kafka_admin.properties").read_text()
+    # Run again: nothing is made anew.
+    before = {path.name: path.read_bytes() for path in secure_files.iterdir()}
+    subprocess.run([str(SECURE_FILES), str(secure_files)], check=True, timeout=120)
+    assert before == {path.name: path.read_bytes() for path in secure_files.iterdir()}
+
+
+def test_make_up_secure_adds_the_override_and_makes_its_files(tmp_path: Path) -> None:
+    env = write_env(tmp_path / ".env", **dict.fromkeys(REQUIRED_SECRETS, "a-real-password"))
+    result = make("-n", "up", "SECURE=1", f"COMPOSE_ENV={env}", "COMPOSE_CMD=compose-under-test")
+    assert result.returncode == 0, result.stderr
+    assert f'secure-files.sh "{tmp_path}/.secrets"' in result.stdout
+    assert "-f deploy/compose/compose.yaml -f deploy/compose/compose.secure.yaml" in result.stdout
+    result = make("-n", "down", "SECURE=1", f"COMPOSE_ENV={env}", "COMPOSE_CMD=compose-under-test")
+    assert "-f deploy/compose/compose.secure.yaml" in result.stdout
+    plain = make("-n", "up", f"COMPOSE_ENV={env}", "COMPOSE_CMD=compose-under-test")
+    assert "compose.secure.yaml" not in plain.stdout and "secure-files.sh" not in plain.stdout

@@ -1,9 +1,13 @@
 """`make up` for real: the Compose stack built and started under a private dockerd.
 
 What `tests/deploy/test_compose.py` cannot prove without an engine: the three images build from
-the repository, every container with a health check becomes healthy, images flow from the
+the repository, every container with a health check becomes healthy, the passwords are secret
+files that `docker inspect` does not show, images flow from the
 producer through Kafka and inference into CouchDB, `--scale inference=2` splits the images
-topic's partitions between two members, and `make down` then `make up` keeps the data.
+topic's partitions between two members, and `make down` then `make up` keeps the data. Then,
+with the images already built, `make up SECURE=1` on fresh volumes: the images are stored end to
+end with every service logged in to Kafka over SASL_SSL as its own user, and the broker refuses a
+client without a login (PLAINTEXT, TLS alone, a wrong password).
 
 The stack's files run unchanged; only `.env` differs from a user's (written by the test, passed as
 `make up COMPOSE_ENV=...`, so deploy/compose/.env is never touched):
@@ -35,12 +39,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from tests.e2e import standins
@@ -60,6 +65,9 @@ PARTITIONS = 3  # IMAGES_PARTITIONS
 UP_TIMEOUT_S = 5400.0  # the first build downloads torch with its CUDA libraries
 SETTLE_TIMEOUT_S = 300.0
 FLOW_TIMEOUT_S = 180.0
+# The services that finish: the one-shots (compose.secure.yaml's two too) and the producer.
+FINISHING = ("topics", "couchdb-setup", "kafka-admin-login", "kafka-access", "producer")
+SERVICES = {"zookeeper", "kafka", "topics", "couchdb", "couchdb-setup", "inference", "sink", "producer"}
 
 
 # --- the inputs: downloads served on loopback, and the .env ---------------------------------
@@ -107,6 +115,7 @@ class Stack:
     settings: dict[str, str]
     workdir: Path
     timings: dict[str, float] = field(default_factory=dict)
+    secure: bool = False  # `make up SECURE=1`: compose.secure.yaml too
 
     def environ(self) -> dict[str, str]:
         # The test's .env decides, not a password or folder that happens to be in this shell.
@@ -119,14 +128,23 @@ class Stack:
             "CIFAR_DIR",
             "COMPOSE_CMD",
         }
-        return {k: v for k, v in self.engine.environ().items() if k not in drop}
+        environ = {k: v for k, v in self.engine.environ().items() if k not in drop}
+        # Where make writes the secret files (beside the settings file), for Compose run by hand.
+        return environ | {"SECRETS_DIR": str(self.env_file.parent / ".secrets")}
 
     def make(self, target: str, *args: str, timeout: float = 900) -> None:
         """`make TARGET COMPOSE_ENV=...` as a user runs it; its output goes to a log file."""
         log = self.workdir / f"make-{target}.log"
         with log.open("a") as out:
             result = subprocess.run(
-                ["make", "--no-print-directory", target, f"COMPOSE_ENV={self.env_file}", *args],
+                [
+                    "make",
+                    "--no-print-directory",
+                    target,
+                    f"COMPOSE_ENV={self.env_file}",
+                    *self.make_args(),
+                    *args,
+                ],
                 cwd=REPO,
                 env=self.environ(),
                 stdout=out,
@@ -138,10 +156,16 @@ class Stack:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
             raise AssertionError(f"make {target} exited {result.returncode}:\n{tail}\n{self.diagnostics()}")
 
+    def make_args(self) -> list[str]:
+        return ["SECURE=1"] if self.secure else []
+
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """Compose itself, with the Makefile's project, env file and compose file."""
+        """Compose itself, with the Makefile's project, env file and compose files."""
         command = [*compose_cli(), "-p", PROJECT, "--env-file", str(self.env_file)]
-        command += ["-f", str(COMPOSE_DIR / "compose.yaml"), *args]
+        command += ["-f", str(COMPOSE_DIR / "compose.yaml")]
+        if self.secure:
+            command += ["-f", str(COMPOSE_DIR / "compose.secure.yaml")]
+        command += args
         return subprocess.run(
             command,
             cwd=REPO,
@@ -205,9 +229,9 @@ def describe(container: dict[str, Any]) -> str:
 
 
 def settled(container: dict[str, Any]) -> bool:
-    """Up and healthy; or a one-shot service (topics, couchdb-setup, the producer) that has finished with 0."""
+    """Up and healthy; or a one-shot service (topics, couchdb-setup, the producer...) that has finished with 0."""
     state = container["State"]
-    if service(container) in ("topics", "couchdb-setup", "producer") and state["Status"] == "exited":
+    if service(container) in FINISHING and state["Status"] == "exited":
         return bool(state["ExitCode"] == 0)
     if state["Status"] != "running":
         return False
@@ -292,8 +316,9 @@ def stack(
     write_env(env_file, settings)
     up = Stack(dockerd, env_file, settings, workdir, {"import stand-ins": time.monotonic() - started})
     try:
-        # Whatever an earlier, killed run left (the daemon's data root is kept between runs).
-        up.make("down", "V=1")
+        # Whatever an earlier, killed run left (the daemon's data root is kept between runs),
+        # SECURE=1's one-shots included.
+        replace(up, secure=True).make("down", "V=1")
         started = time.monotonic()
         up.make("up", timeout=UP_TIMEOUT_S)
         up.timings["make up (build + start)"] = time.monotonic() - started
@@ -340,6 +365,20 @@ def test_every_container_with_a_health_check_is_healthy(stack: Stack) -> None:
     assert producer["State"]["Status"] == "running" or producer["State"]["ExitCode"] == 0, describe(producer)
     assert by_service["topics"]["State"]["ExitCode"] == 0
     assert by_service["couchdb-setup"]["State"]["ExitCode"] == 0
+
+
+def test_no_password_in_any_containers_inspect(stack: Stack) -> None:
+    """The passwords are files in /run/secrets: `docker inspect` shows none, but CouchDB's admin
+    password to the couchdb container (its image reads it from the environment only)."""
+    passwords = {name: value for name, value in stack.settings.items() if name.endswith("_PASSWORD")}
+    assert len(passwords) == 4
+    for container in stack.containers():
+        shown = json.dumps(container)
+        allowed = {"COUCHDB_PASSWORD"} if service(container) == "couchdb" else set()
+        leaked = {name for name, value in passwords.items() if value in shown} - allowed
+        assert not leaked, f"{service(container)}: docker inspect shows {sorted(leaked)}"
+    sink = next(c for c in stack.containers() if service(c) == "sink")
+    assert "/run/secrets/iot_couchdb_password" in {m["Destination"] for m in sink["Mounts"]}
 
 
 def test_images_flow_into_couchdb(stack: Stack) -> None:
@@ -417,3 +456,54 @@ def test_make_down_then_up_keeps_the_data(stack: Stack) -> None:
     # The producer runs again: its images join the ones stored before, which are all still there.
     after = wait_complete(stack, len(before) + IMAGES_SENT)
     assert before <= set(after), sorted(before - set(after))
+
+
+# --- make up SECURE=1: the same images, Kafka with SASL_SSL and ACLs --------------------------
+
+
+@pytest.fixture(scope="module")
+def secure_stack(stack: Stack) -> Iterator[Stack]:
+    """The stack again, on fresh volumes, with `make up SECURE=1`: the images built above are reused."""
+    stack.make("down", "V=1")
+    secure = replace(stack, secure=True)
+    started = time.monotonic()
+    try:
+        secure.make("up", timeout=UP_TIMEOUT_S)
+        wait_settled(secure, SERVICES | {"kafka-admin-login", "kafka-access"})
+        stack.timings["make up SECURE=1 to all healthy"] = time.monotonic() - started
+        yield secure
+    finally:
+        secure.make("down", "V=1", timeout=600)
+
+
+def test_secure_images_flow_into_couchdb_over_sasl_ssl(secure_stack: Stack) -> None:
+    docs = wait_complete(secure_stack, IMAGES_SENT)
+    assert len(docs) == IMAGES_SENT, sorted(docs)
+    containers = {service(c): c for c in secure_stack.containers()}
+    for name, user in (("producer", "iot-producer"), ("inference", "iot-inference"), ("sink", "iot-sink")):
+        env = dict(item.split("=", 1) for item in containers[name]["Config"]["Env"])
+        assert env["IOT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["IOT_KAFKA_USERNAME"] == user, name
+        assert "IOT_KAFKA_PASSWORD" not in env, f"{name}: its Kafka password is a secret file"
+
+
+def test_secure_kafka_refuses_clients_without_a_login(secure_stack: Stack) -> None:
+    ca = secure_stack.env_file.parent / ".secrets" / "ca.pem"
+    attempts = {
+        "PLAINTEXT": {"security.protocol": "PLAINTEXT"},
+        "TLS without a login": {"security.protocol": "SSL", "ssl.ca.location": str(ca)},
+        "a wrong password": {
+            "security.protocol": "SASL_SSL",
+            "ssl.ca.location": str(ca),
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "iot-producer",
+            "sasl.password": "not-its-password",
+        },
+    }
+    for what, config in attempts.items():
+        # log_level 0: librdkafka would log every refused attempt, many per second.
+        client = AdminClient({"bootstrap.servers": secure_stack.kafka, "log_level": 0, **config})
+        try:
+            client.list_topics(timeout=10)
+        except KafkaException:
+            continue
+        pytest.fail(f"Kafka answered a client with {what}")
