@@ -6,12 +6,15 @@ its output). The loop guarantees the rest:
 - Decoding never stops the service: a record that is not a valid message goes to the
   dead-letter topic with its reason; one that fails in a way nobody foresaw goes there too, as
   `undecodable`, with the exception's type in `dlq.detail`.
-- A batch's offsets are committed only after `handle` returned and everything the batch
-  produced (outputs and dead letters) is acknowledged by the broker.
+- A batch's offsets are stored for commit only after `handle` returned and everything the
+  batch produced (outputs and dead letters) is acknowledged by the broker.
 - When that fails (`handle` raised `RetryLaterError`, or a delivery failed), the member holds its
   partitions back: paused and rewound to the batch's first offsets, it keeps polling, so it stays
   in the group however long the outage lasts; after a back-off it resumes and the batch is
   consumed again.
+
+Everything runs on the caller's thread: decoding on a second thread, while the forward pass
+runs, bought nothing measurable (docs/benchmark.md).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -37,17 +39,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How long one poll blocks on a quiet stream: bounds how late a stop or a resume is noticed.
 IDLE_POLL_SECONDS = 0.5
-
-
-Decoded = tuple[list[T], list[tuple[Message, InvalidMessageError]]]
-
-
-@dataclass(frozen=True)
-class Batch(Generic[T]):
-    """Consumed records and their decoding, done or under way."""
-
-    records: list[Message]
-    decoded: Future[Decoded[T]]
 
 
 class RetryLaterError(PipelineError):
@@ -70,56 +61,26 @@ class BatchLoop(Generic[T]):
     backoff: Callable[[], Callable[[], float]] = backoff_delays
     sizer: BatchSizer = field(init=False)
     _next_delay: Callable[[], float] = field(init=False)
-    _resume_at: float | None = field(init=False, default=None)
-    _decoder: ThreadPoolExecutor = field(init=False)
-    _ahead: Batch[T] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._next_delay = self.backoff()
         self.sizer = BatchSizer(self.member.service, self.max_batch, self.latency_target_seconds)
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
     def run(self, stop: StopFlag, between: Callable[[], None] = lambda: None) -> None:
         """Steps until STOP; BETWEEN runs after each (a batch, or an idle poll)."""
-        try:
-            while not stop:
-                self.step()
-                between()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the decoding thread; a batch decoded ahead is left uncommitted, so it comes again."""
-        self._ahead = None
-        self._decoder.shutdown(wait=True, cancel_futures=True)
+        while not stop:
+            self.step()
+            between()
 
     def step(self) -> bool | None:
-        """One batch, if there is one: True = committed, False = held back, None = nothing came.
-
-        While this batch is handled (the forward pass releases the GIL), the records that have
-        already arrived after it are decoded on a second thread: decoding overlaps handling.
-        """
+        """One batch, if there is one: True = finished, False = held back, None = nothing came."""
         self.member.raise_if_fatal()
-        wait = IDLE_POLL_SECONDS
-        if self._resume_at is not None:
-            remaining = self._resume_at - time.monotonic()
-            if remaining <= 0:
-                self._resume_at = None
-                self.member.resume()
-            else:
-                wait = min(wait, remaining)
-        batch, self._ahead = self._ahead, None
-        if batch is None:
-            records = self.poll_batch(wait)
-            if not records:
-                self.member.commit_due()  # what the last batches finished, once the stream is quiet
-                self.publisher.poll()  # librdkafka's log lines, while nothing is produced
-                return None
-            batch = self._start_decoding(records)
-        # Only what has arrived already: decoding ahead must never delay this batch.
-        if following := self.member.consume(self.sizer.limit, 0):
-            self._ahead = self._start_decoding(following)
-        return self._finish(batch)
+        records = self.poll_batch(min(IDLE_POLL_SECONDS, self.member.resume_if_due()))
+        if not records:
+            self.publisher.poll()  # librdkafka's log lines, while nothing is produced
+            return None
+        self.sizer.consumed(records)
+        return self._finish(records)
 
     def poll_batch(self, idle_wait: float) -> list[Message]:
         """The next batch, sized by what is waiting: one record when the stream is quiet (low
@@ -145,16 +106,9 @@ class BatchLoop(Generic[T]):
             records += more + self.member.consume(limit - len(records) - 1, 0)
         return records
 
-    def _start_decoding(self, records: Sequence[Message]) -> Batch[T]:
-        self.sizer.consumed(records)
-        return Batch(list(records), self._decoder.submit(self.decode_all, records))
-
-    def _finish(self, batch: Batch[T]) -> bool:
+    def _finish(self, records: list[Message]) -> bool:
         started = time.perf_counter()
-        messages, invalid = batch.decoded.result()
-        # The publisher is not thread-safe: dead letters are sent from this thread only.
-        for record, error in invalid:
-            self.dead_letters.send(record, error)
+        messages = self._decode_all(records)
         try:
             if messages:
                 self.handle(messages)
@@ -162,13 +116,11 @@ class BatchLoop(Generic[T]):
             if failures:
                 raise RetryLaterError(f"{len(failures)} messages not acknowledged by the broker")
         except RetryLaterError as exc:
-            # What was decoded ahead is dropped and rewound too: it must not overtake this batch.
-            ahead, self._ahead = self._ahead, None
-            self._hold_back(batch.records + (ahead.records if ahead else []), exc)
+            self._hold_back(records, exc)
             return False
         self._next_delay = self.backoff()
-        self.sizer.handled(len(batch.records), time.perf_counter() - started)
-        self.member.commit(batch.records)
+        self.sizer.handled(len(records), time.perf_counter() - started)
+        self.member.finished(records)
         return True
 
     def readiness(self) -> tuple[bool, str]:
@@ -177,24 +129,22 @@ class BatchLoop(Generic[T]):
             return False, f"kafka consumer failed: {self.member.fatal.str()}"
         return self.publisher.readiness()
 
-    def decode_all(self, records: Sequence[Message]) -> Decoded[T]:
-        """The valid messages, and each invalid record with its contract error. Pure: it may run
-        on the decoding thread."""
+    def _decode_all(self, records: Sequence[Message]) -> list[T]:
+        """The valid messages; each invalid record goes to the dead-letter topic with its error."""
         messages: list[T] = []
-        invalid: list[tuple[Message, InvalidMessageError]] = []
         for record in records:
             try:
                 messages.append(self.decode(record))
             except InvalidMessageError as exc:
-                invalid.append((record, exc))
+                self.dead_letters.send(record, exc)
             except Exception as exc:  # one record must never stop the service
-                invalid.append((record, InvalidMessageError("undecodable", f"{type(exc).__name__}: {exc}")))
-        return messages, invalid
+                error = InvalidMessageError("undecodable", f"{type(exc).__name__}: {exc}")
+                self.dead_letters.send(record, error)
+        return messages
 
     def _hold_back(self, records: Sequence[Message], exc: BaseException) -> None:
         delay = self._next_delay()
         log.warning(
             "batch of %d not finished (%s); holding back, again in %.1fs", len(records), summary(exc), delay
         )
-        self.member.hold_back(records)
-        self._resume_at = time.monotonic() + delay
+        self.member.hold_back(records, delay)

@@ -1,5 +1,11 @@
-"""A consumer group member that never commits on its own: a service commits a batch's offsets
-only after everything it produced for that batch is acknowledged (or written to CouchDB).
+"""A consumer group member whose offsets move only as batches finish: a batch's offsets are
+stored only after everything it produced is acknowledged (or written to CouchDB), and only
+stored offsets are committed.
+
+This is librdkafka's at-least-once pattern: `enable.auto.offset.store=false`, `store_offsets()`
+after each finished batch, auto-commit of what is stored every `IOT_COMMIT_INTERVAL_MS`. librdkafka
+also commits a partition's stored offset when the partition is revoked (the rebalance waits for
+that commit, so its next owner starts where this member finished) and when the consumer closes.
 
 Membership is built for fast, quiet failover: incremental (cooperative-sticky) rebalancing, so
 a joining or leaving member does not stop the others, and optional static membership
@@ -14,6 +20,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, Protocol
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -50,32 +57,47 @@ class FatalConsumerError(PipelineError):
     """librdkafka says this consumer cannot go on (e.g. fenced by a member with the same instance ID)."""
 
 
+class KafkaConsumer(Protocol):
+    """What a member uses of `confluent_kafka.Consumer` (tests give it an in-memory one)."""
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
+    def store_offsets(
+        self, message: Message | None = None, offsets: list[TopicPartition] | None = None
+    ) -> None: ...
+    def commit(self, *, asynchronous: Literal[False]) -> list[TopicPartition]: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+    def close(self) -> None: ...
+
+
 class GroupMember:
     """One member of a consumer group, with its assignment tracked for metrics and pausing.
 
     A fatal consumer error ends this librdkafka consumer for good. Seen after a broker restart:
     the broker fences a static member as if another process had its instance ID. The member
-    then rejoins as a new consumer (nothing was committed for what it held, so nothing is lost);
-    fenced again and again, another live process really has its ID, and it gives up.
+    then rejoins as a new consumer (what it finished since the last commit comes again, so
+    nothing is lost); fenced again and again, another live process really has its ID, and it
+    gives up.
     """
 
     def __init__(
         self,
-        consumer: Consumer | None,
+        consumer: KafkaConsumer | None,
         service: str,
-        connect: Callable[[GroupMember], Consumer] | None = None,
-        commit_interval: float = 0.0,
+        connect: Callable[[GroupMember], KafkaConsumer] | None = None,
+        commit_each_batch: bool = False,
     ) -> None:
         """`connect` makes a new subscribed consumer for this member (at once when `consumer`
-        is None, and to rejoin after a fatal error). Processed offsets are committed at most
-        every `commit_interval` seconds (0 = after every batch), and always before a partition
-        is given up or the member leaves."""
+        is None, and to rejoin after a fatal error). `commit_each_batch`: commit as each batch
+        finishes, not only on librdkafka's auto-commit interval (`IOT_COMMIT_INTERVAL_MS=0`)."""
         self.service = service
-        self.commit_interval = commit_interval
+        self.commit_each_batch = commit_each_batch
         self.assigned: set[Partition] = set()
-        self._uncommitted: dict[Partition, int] = {}  # next offset to read, processed up to it
-        self._committed_at = -math.inf
         self.paused = False
+        self._resume_at = math.inf  # while paused: when hold_back's time is up
         self.fatal: KafkaError | None = None
         self._connect = connect
         self._rejoins: deque[float] = deque()
@@ -91,22 +113,22 @@ class GroupMember:
 
     # --- group events (served from inside consume) ------------------------------------
 
-    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def on_assign(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         # Incremental: `partitions` are the ones added; librdkafka assigns them after we return.
         REBALANCES.labels(self.service, "assign").inc()
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         log.info("assigned %s", describe(partitions))
 
-    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
+        # What we finished is committed by librdkafka as it lets them go, before their next
+        # owner gets them: it is not redone.
         REBALANCES.labels(self.service, "revoke").inc()
-        # Still ours until we return: what we finished is committed, not redone by the next owner.
-        self.commit_now({(tp.topic, tp.partition) for tp in partitions})
         self._forget(partitions)
         log.info("revoked %s", describe(partitions))
 
-    def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def on_lost(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         # The group moved on without us (we were silent too long); their new owner restarts
-        # from the last commit, so nothing of ours may be committed for them any more.
+        # from the last commit: librdkafka commits nothing more for a lost assignment.
         REBALANCES.labels(self.service, "lost").inc()
         self._forget(partitions)
         log.warning("lost %s", describe(partitions))
@@ -120,10 +142,17 @@ class GroupMember:
         else:
             log.warning("Kafka consumer error: %s", err)
 
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's report of each commit: a failed one is tried again at the next interval
+        (what is stored stays ahead of what is committed), or on revoke or close."""
+        if err is not None:
+            log.warning("commit failed, tried again later: %s", err)
+        for tp in (tp for tp in partitions if tp.error is not None):
+            log.warning("commit of %s[%d] failed, tried again later: %s", tp.topic, tp.partition, tp.error)
+
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.assigned.discard((tp.topic, tp.partition))
-            self._uncommitted.pop((tp.topic, tp.partition), None)
             # This member no longer reports lag for it; its new owner does.
             with contextlib.suppress(KeyError):  # no series yet
                 CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))
@@ -186,76 +215,61 @@ class GroupMember:
         with contextlib.suppress(KafkaException, RuntimeError):
             self.consumer.close()
         self._forget([TopicPartition(t, p) for t, p in self.assigned])
-        self._uncommitted.clear()  # that consumer is gone: its processed records come again
-        self.paused = False
-        CONSUMER_PAUSED.labels(self.service).set(0)
+        self._set_paused(False)  # the new consumer starts unpaused
         self.fatal = None
         self.consumer = self._connect(self)
 
-    def commit(self, records: Sequence[Message]) -> bool:
-        """Mark a batch processed and commit what is marked once `commit_interval` has passed
-        since the last commit; False when any partition's commit failed.
+    def finished(self, records: Sequence[Message]) -> None:
+        """Store the offsets after a finished batch: they are committed on librdkafka's interval,
+        on revoke and on close.
 
-        Fewer commits cost the broker less (each is a request and a write). What is processed
+        Fewer commits cost the broker less (each is a request and a write). What is finished
         but not yet committed when the process dies is consumed again, like a failed commit:
         every step of this pipeline is idempotent.
         """
-        for tp in next_offsets(records):
-            self._uncommitted[tp.topic, tp.partition] = tp.offset
-        return self.commit_due()
-
-    def commit_due(self) -> bool:
-        """Commit what is marked if `commit_interval` has passed (the loop also asks when idle)."""
-        if time.monotonic() - self._committed_at < self.commit_interval:
-            return True
-        return self.commit_now()
-
-    def commit_now(self, partitions: set[Partition] | None = None) -> bool:
-        """Commit what is marked (of `partitions` only, if given) at once."""
-        wanted = {tp: off for tp, off in self._uncommitted.items() if partitions is None or tp in partitions}
-        if not wanted:
-            return True
-        self._committed_at = time.monotonic()
-        offsets = [TopicPartition(topic, partition, off) for (topic, partition), off in wanted.items()]
         try:
-            results = self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.store_offsets(offsets=next_offsets(records))
         except KafkaException as exc:
-            log.warning("commit failed, will be tried again: %s", exc)
-            return False
-        failed = [tp for tp in results or [] if tp.error is not None]
-        for tp in failed:
-            log.warning("commit of %s[%d] failed, tried again later: %s", tp.topic, tp.partition, tp.error)
-        for tp in results or []:
-            key = (tp.topic, tp.partition)
-            if tp.error is None and self._uncommitted.get(key) == tp.offset:
-                del self._uncommitted[key]
-        return not failed
+            # Revoked while the batch was handled: the next owner consumes it again.
+            log.info("offsets not stored, partitions no longer ours: %s", exc)
+            return
+        if self.commit_each_batch:
+            with contextlib.suppress(KafkaException):  # on_commit reports it; the next batch tries again
+                self.consumer.commit(asynchronous=False)
 
-    def hold_back(self, records: Sequence[Message]) -> None:
-        """Pause every assigned partition and rewind the failed batch, but stay in the group.
+    def hold_back(self, records: Sequence[Message], seconds: float) -> None:
+        """Pause every assigned partition for `seconds` and rewind the failed batch, but stay
+        in the group (`resume_if_due` ends the pause).
 
         Pausing purges what librdkafka had fetched ahead, so each partition is also sought to
         where the application stands: the batch's first offset, or its position.
         """
         assignment = self.consumer.assignment()
         self.consumer.pause(assignment)
-        self.paused = True
-        CONSUMER_PAUSED.labels(self.service).set(1)
+        self._set_paused(True)
+        self._resume_at = time.monotonic() + seconds
         first = first_offsets(records)
         for tp in self.consumer.position(assignment):
             offset = first.get((tp.topic, tp.partition), tp.offset)
             if offset != OFFSET_INVALID and offset >= 0:
                 self._seek(TopicPartition(tp.topic, tp.partition, offset))
 
+    def resume_if_due(self) -> float:
+        """Resume once hold_back's time is up; the seconds still to wait (inf when not paused)."""
+        if self.paused and time.monotonic() >= self._resume_at:
+            self.resume()
+        return self._resume_at - time.monotonic() if self.paused else math.inf
+
     def resume(self) -> None:
         self.consumer.resume(self.consumer.assignment())
-        self.paused = False
-        CONSUMER_PAUSED.labels(self.service).set(0)
+        self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        CONSUMER_PAUSED.labels(self.service).set(int(paused))
 
     def close(self) -> None:
-        """Commit what was processed, then leave the group."""
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self.commit_now()
+        """Leave the group; librdkafka commits the stored offsets first."""
         self.consumer.close()
 
     def _seek(self, tp: TopicPartition) -> None:
@@ -275,7 +289,10 @@ def join_group(settings: ConsumerSettings, service: str, topics: Sequence[str]) 
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
         "max.poll.interval.ms": settings.max_poll_interval_ms,
-        "enable.auto.commit": False,
+        # At-least-once: only what `finished` stored is committed (0 = commit each batch instead).
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": settings.commit_interval_ms,
         "auto.offset.reset": "earliest",
         "statistics.interval.ms": 5000,
     }
@@ -291,6 +308,7 @@ def join_group(settings: ConsumerSettings, service: str, topics: Sequence[str]) 
                 **config,
                 "stats_cb": lambda stats: record_consumer_stats(service, stats, member.assigned),
                 "error_cb": member.on_error,
+                "on_commit": member.on_commit,
             }
         )
         consumer.subscribe(
@@ -299,7 +317,7 @@ def join_group(settings: ConsumerSettings, service: str, topics: Sequence[str]) 
         log.info("joining group %s as %s", settings.group_id, instance_id or "a dynamic member")
         return consumer
 
-    return GroupMember(None, service, connect, settings.commit_interval_ms / 1000)
+    return GroupMember(None, service, connect, commit_each_batch=settings.commit_interval_ms == 0)
 
 
 def _is_fatal(err: KafkaError) -> bool:

@@ -48,7 +48,7 @@ def test_a_batch_is_classified_published_and_committed_and_bad_records_are_dead_
         (b"{oops", b"8"),
         (b"", b"9"),
     ]
-    assert consumer.committed == {("iot-topic", 1): 10}
+    assert consumer.stored == {("iot-topic", 1): 10}
 
 
 def test_a_batch_of_only_bad_records_runs_no_forward_pass_and_is_committed(weights_path: Path) -> None:
@@ -64,4 +64,4 @@ def test_a_batch_of_only_bad_records_runs_no_forward_pass_and_is_committed(weigh
     assert loop.step() is True
     assert counter("iot_inference_batch_size_images_count") == before
     assert [reason for reason, _, _ in publisher.dead_letters()] == ["not_json"]
-    assert consumer.committed == {("iot-topic", 0): 1}
+    assert consumer.stored == {("iot-topic", 0): 1}

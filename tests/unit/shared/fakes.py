@@ -6,15 +6,16 @@ The real clients are exercised against the real broker in tests/integration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
+from typing import Literal
 
-from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
 
 Partition = tuple[str, int]
 
 
 class FakeConsumer:
-    """Partitions of records with a fetch position each; pause, seek and commit as librdkafka does."""
+    """Partitions of records with a fetch position each; pause, seek, store and commit as
+    librdkafka does with `enable.auto.offset.store=false` (its auto-commit timer aside)."""
 
     def __init__(
         self, records: dict[Partition, list[bytes | None]], timestamps: list[tuple[int, int]] | None = None
@@ -30,12 +31,14 @@ class FakeConsumer:
         self.fetch = dict.fromkeys(self.logs, 0)  # where the next fetch starts
         self.app_pos: dict[Partition, int] = {}  # one past the last record handed out
         self.paused: set[Partition] = set()
+        self.stored: dict[Partition, int] = {}  # what the next commit commits
         self.committed: dict[Partition, int] = {}
-        self.commit_errors: dict[Partition, KafkaError] = {}
-        self.polls = 0
+        self.polls: list[tuple[int, float]] = []  # each consume's (num_messages, timeout)
+        self.per_poll: int | None = None  # at most this many records a poll: they arrive one by one
 
-    def consume(self, num_messages: int, timeout: float) -> list[Message]:
-        self.polls += 1
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self.polls.append((num_messages, timeout))
+        num_messages = min(num_messages, self.per_poll or num_messages)
         batch: list[Message] = []
         for tp, log in self.logs.items():
             if tp in self.paused:
@@ -47,18 +50,17 @@ class FakeConsumer:
             batch.extend(take)
         return batch
 
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[SimpleNamespace]:
-        assert not asynchronous
-        results = []
-        for tp in offsets:
-            error = self.commit_errors.get((tp.topic, tp.partition))
-            if error is None:
-                self.committed[tp.topic, tp.partition] = tp.offset
-            # librdkafka's per-partition result; TopicPartition.error cannot be set from Python.
-            results.append(
-                SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=tp.offset, error=error)
-            )
-        return results
+    def store_offsets(
+        self, message: Message | None = None, offsets: list[TopicPartition] | None = None
+    ) -> None:
+        for tp in offsets or []:
+            if (tp.topic, tp.partition) not in self.logs:
+                raise KafkaException(KafkaError(KafkaError._STATE, "partition not assigned"))
+            self.stored[tp.topic, tp.partition] = tp.offset
+
+    def commit(self, *, asynchronous: Literal[False]) -> list[TopicPartition]:
+        self.committed.update(self.stored)
+        return [TopicPartition(t, p, off) for (t, p), off in self.stored.items()]
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.logs]
@@ -85,7 +87,7 @@ class FakeConsumer:
         self.app_pos[tp.topic, tp.partition] = tp.offset
 
     def close(self) -> None:
-        pass
+        self.committed.update(self.stored)  # auto-commit's final commit
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""The shared at-least-once loop: what gets committed, dead-lettered, held back and redelivered."""
+"""The shared at-least-once loop: what gets stored for commit, dead-lettered, held back and redelivered."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -15,7 +16,6 @@ from iot_shared.dead_letters import MAX_RECORD_BYTES, DeadLetters
 from iot_shared.errors import InvalidMessageError
 from iot_shared.metrics import record_consumer_stats
 from tests.unit.shared.fakes import FakeConsumer, RecordingPublisher
-from tests.waiting import wait_for
 
 
 def decode(record: Message) -> int:
@@ -48,7 +48,7 @@ def make_loop(
 ) -> tuple[BatchLoop[int], RecordingPublisher]:
     publisher = publisher or RecordingPublisher()
     loop = BatchLoop(
-        GroupMember(consumer, "unit"),  # type: ignore[arg-type]
+        GroupMember(consumer, "unit"),
         publisher,  # type: ignore[arg-type]
         DeadLetters(publisher, "dlq", "unit"),  # type: ignore[arg-type]
         decode=decode,
@@ -62,34 +62,25 @@ def make_loop(
     return loop, publisher
 
 
-def test_a_handled_batch_is_committed_one_past_its_last_record_per_partition() -> None:
+def test_a_handled_batch_is_stored_for_commit_one_past_its_last_record_per_partition() -> None:
     consumer = FakeConsumer({("t", 0): [b"1", b"2"], ("t", 1): [b"3"]})
     handler = Handler()
     loop, _ = make_loop(consumer, handler)
     assert loop.step() is True
     assert handler.batches == [[1, 2, 3]]
-    assert consumer.committed == {("t", 0): 2, ("t", 1): 1}
+    assert consumer.stored == {("t", 0): 2, ("t", 1): 1}
+    assert consumer.committed == {}  # librdkafka commits it: on its interval, on revoke, on close
 
 
 def test_a_batch_is_what_has_arrived_without_waiting_to_fill_it() -> None:
     consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3"]})
-    calls: list[tuple[int, float]] = []
-    real_consume = consumer.consume
-
-    def consume(num_messages: int, timeout: float) -> list[Message]:
-        calls.append((num_messages, timeout))
-        return real_consume(num_messages, timeout)
-
-    consumer.consume = consume  # type: ignore[method-assign]
     handler = Handler()
     loop, _ = make_loop(consumer, handler, max_batch=64)
     assert loop.step() is True
     assert handler.batches == [[1, 2, 3]]
-    # Taken at once: three records do not wait for 61 more (then a look, without waiting, for
-    # records to decode ahead).
-    assert calls == [(64, 0), (64, 0)]
+    assert consumer.polls == [(64, 0)]  # taken at once: three records do not wait for 61 more
     assert loop.step() is None  # nothing left: block for the first record only
-    assert calls[2:] == [(64, 0), (1, 0.5)]
+    assert consumer.polls[1:] == [(64, 0), (1, 0.5)]
 
 
 def test_invalid_and_undecodable_records_are_dead_lettered_and_the_rest_goes_on() -> None:
@@ -103,7 +94,7 @@ def test_invalid_and_undecodable_records_are_dead_lettered_and_the_rest_goes_on(
         ("not_json", b"bad"),
         ("undecodable", b"RecursionError: maximum recursion depth exceeded"),
     ]
-    assert consumer.committed == {("t", 0): 4}
+    assert consumer.stored == {("t", 0): 4}
 
 
 def test_a_failed_batch_is_held_back_then_consumed_again_from_its_first_offset() -> None:
@@ -113,7 +104,7 @@ def test_a_failed_batch_is_held_back_then_consumed_again_from_its_first_offset()
 
     assert loop.step() is False  # records 1, 2 of partition 0: the store is down
     assert consumer.paused == {("t", 0), ("t", 1)}
-    assert consumer.committed == {}
+    assert consumer.stored == {}
     assert REGISTRY.get_sample_value("iot_consumer_paused", {"service": "unit"}) == 1
 
     assert loop.step() is False  # resumed, the same records, still down
@@ -121,21 +112,21 @@ def test_a_failed_batch_is_held_back_then_consumed_again_from_its_first_offset()
     assert loop.step() is True
     assert loop.step() is True
     assert [x for batch in handler.batches for x in batch] == [1, 2, 3, 4, 5]  # nothing skipped
-    assert consumer.committed == {("t", 0): 3, ("t", 1): 2}
+    assert consumer.stored == {("t", 0): 3, ("t", 1): 2}
     assert consumer.paused == set()
     assert REGISTRY.get_sample_value("iot_consumer_paused", {"service": "unit"}) == 0
 
 
-def test_records_that_arrived_meanwhile_are_decoded_ahead_and_rewound_with_a_failed_batch() -> None:
+def test_nothing_after_a_failed_batch_is_handled_before_it_and_dead_letters_wait_their_turn() -> None:
     consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3", b"4", b"bad"]})
     handler = Handler(failures=1)
     loop, publisher = make_loop(consumer, handler, max_batch=2)
-    assert loop.step() is False  # [1, 2] failed; [3, 4], decoded ahead meanwhile, goes back too
-    assert consumer.fetch[("t", 0)] == 0 and loop._ahead is None
+    assert loop.step() is False  # [1, 2] failed: rewound to its first record
+    assert consumer.fetch[("t", 0)] == 0
     assert [loop.step() for _ in range(3)] == [True, True, True]
     assert handler.batches == [[1, 2], [3, 4]]  # a batch of only bad records is not handled
     assert [reason for reason, _, _ in publisher.dead_letters()] == ["not_json"]  # sent once it is its turn
-    assert consumer.committed == {("t", 0): 5}
+    assert consumer.stored == {("t", 0): 5}
 
 
 def test_the_member_keeps_polling_while_held_back() -> None:
@@ -144,10 +135,10 @@ def test_the_member_keeps_polling_while_held_back() -> None:
     loop.backoff = lambda: lambda: 3600.0
     loop._next_delay = loop.backoff()
     assert loop.step() is False
-    polls = consumer.polls
+    polls = len(consumer.polls)
     for _ in range(3):
         assert loop.step() is None  # paused: nothing handed out, but the group sees us poll
-    assert consumer.polls >= polls + 3
+    assert len(consumer.polls) >= polls + 3
     assert consumer.paused == {("t", 0)}
 
 
@@ -157,20 +148,25 @@ def test_unacknowledged_output_holds_the_batch_back_like_a_failed_write() -> Non
     handler = Handler()
     loop, _ = make_loop(consumer, handler, publisher)
     assert loop.step() is False
-    assert consumer.committed == {}
+    assert consumer.stored == {}
     assert loop.step() is True
     assert handler.batches == [[1, 2], [1, 2]]  # handled again: its output is resent
-    assert consumer.committed == {("t", 0): 2}
+    assert consumer.stored == {("t", 0): 2}
 
 
-def test_a_partition_whose_commit_failed_is_reported() -> None:
-    consumer = FakeConsumer({("t", 0): [b"1"], ("t", 1): [b"2"]})
-    consumer.commit_errors[("t", 1)] = KafkaError(KafkaError.REBALANCE_IN_PROGRESS)
-    loop, _ = make_loop(consumer, Handler())
-    member = loop.member
-    records = member.consume(10, 0)
-    assert member.commit(records) is False
-    assert consumer.committed == {("t", 0): 1}
+def test_a_failed_commit_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    member = GroupMember(FakeConsumer({}), "unit")
+    with caplog.at_level(logging.WARNING, "iot_shared.consumer"):
+        member.on_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [TopicPartition("t", 1, 7)])
+    assert "commit failed, tried again later" in caplog.text
+
+
+def test_offsets_of_a_partition_revoked_during_the_batch_are_not_stored() -> None:
+    consumer = FakeConsumer({("t", 0): [b"1"]})
+    member = GroupMember(consumer, "unit")
+    gone = Message(topic="t", partition=5, offset=3, value=b"1")  # no longer assigned
+    member.finished([gone])  # librdkafka refuses; the next owner consumes it again
+    assert consumer.stored == {}
 
 
 def test_an_idle_step_polls_the_publisher_so_librdkafka_s_lines_come_on_time() -> None:
@@ -190,9 +186,9 @@ def test_a_fatal_consumer_error_stops_the_loop_with_a_clear_message() -> None:
 def test_a_fenced_member_rejoins_as_a_new_consumer_and_gives_up_when_fenced_again_and_again() -> None:
     fatal = KafkaError(KafkaError._FATAL, "Static consumer fenced by other consumer", fatal=True)
     consumers = [FakeConsumer({("t", 0): [b"1", b"2"]}) for _ in range(5)]
-    member = GroupMember(None, "unit", connect=lambda _member: consumers.pop(0))  # type: ignore[arg-type,return-value]
+    member = GroupMember(None, "unit", connect=lambda _member: consumers.pop(0))
     first = member.consumer
-    member.on_assign(None, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    member.on_assign(None, [TopicPartition("t", 0)])
     member.on_error(fatal)  # what error_cb reports after a broker restart
     records = member.consume(10, 0)  # rejoins first, then polls the new consumer
     assert member.consumer is not first and member.fatal is None and not member.assigned
@@ -206,8 +202,8 @@ def test_a_fenced_member_rejoins_as_a_new_consumer_and_gives_up_when_fenced_agai
 
 
 def test_lag_is_reported_only_for_partitions_this_member_holds() -> None:
-    member = GroupMember(FakeConsumer({}), "lagtest")  # type: ignore[arg-type]
-    member.on_assign(None, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
+    member = GroupMember(FakeConsumer({}), "lagtest")
+    member.on_assign(None, [TopicPartition("t", 0), TopicPartition("t", 1)])
     stats = {"topics": {"t": {"partitions": {str(p): {"consumer_lag": 7} for p in (0, 1, 2)}}}}
     record_consumer_stats("lagtest", json.dumps(stats), member.assigned)
 
@@ -216,17 +212,17 @@ def test_lag_is_reported_only_for_partitions_this_member_holds() -> None:
         return REGISTRY.get_sample_value("iot_consumer_lag_messages", labels)
 
     assert (lag(0), lag(1), lag(2)) == (7, 7, None)
-    member.on_revoke(None, [TopicPartition("t", 1)])  # type: ignore[arg-type]
+    member.on_revoke(None, [TopicPartition("t", 1)])
     record_consumer_stats("lagtest", json.dumps(stats), member.assigned)  # stale statistics
     assert (lag(0), lag(1)) == (7, None)
-    member.on_lost(None, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    member.on_lost(None, [TopicPartition("t", 0)])
     assert lag(0) is None
 
 
 def test_lag_age_is_the_oldest_record_just_read_and_zero_once_nothing_is_unread() -> None:
     hour_ago = int((time.time() - 3600) * 1000)
     consumer = FakeConsumer({("iot-topic", 0): [b"a", b"b"]}, [(TIMESTAMP_CREATE_TIME, hour_ago)] * 2)
-    member = GroupMember(consumer, "agetest")  # type: ignore[arg-type]
+    member = GroupMember(consumer, "agetest")
 
     def age() -> float | None:
         return REGISTRY.get_sample_value(
@@ -261,19 +257,12 @@ def test_a_batch_is_capped_by_the_latency_target_while_records_are_young() -> No
     while loop.step():
         pass
     assert [len(b) for b in handler.batches] == [5, 5]
-    assert consumer.committed == {("t", 0): 10}
+    assert consumer.stored == {("t", 0): 10}
 
 
 def test_a_filling_batch_stops_waiting_once_it_is_complete() -> None:
     consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3", b"4", b"5"]})
-    waits: list[float] = []
-    real_consume = consumer.consume
-
-    def consume(num_messages: int, timeout: float) -> list[Message]:
-        waits.append(timeout)
-        return real_consume(1, timeout)  # records arrive one at a time
-
-    consumer.consume = consume  # type: ignore[method-assign]
+    consumer.per_poll = 1  # records arrive one at a time
     handler = Handler()
     loop, _ = make_loop(consumer, handler)
     loop.max_fill_wait_seconds = 60.0  # never reached: `complete` ends the wait
@@ -281,43 +270,23 @@ def test_a_filling_batch_stops_waiting_once_it_is_complete() -> None:
     assert loop.step() is True
     # 1 came, the wait brought 2 and took 3, which had arrived too; then the batch was complete.
     assert handler.batches == [[1, 2, 3]]
-    assert all(w < 60.0 for w in waits)
+    assert all(timeout < 60.0 for _, timeout in consumer.polls)
 
 
-def test_offsets_are_committed_at_most_every_interval_and_always_before_a_partition_is_given_up() -> None:
+def test_what_was_finished_is_committed_when_the_member_leaves() -> None:
     consumer = FakeConsumer({("t", 0): [b"1", b"2", b"3"], ("t", 1): [b"4"]})
-    handler = Handler()
-    loop, _ = make_loop(consumer, handler, max_batch=1)
-    loop.member.commit_interval = 3600.0
-    assert loop.step() is True
-    assert consumer.committed == {("t", 0): 1}  # the first batch at once
-    assert loop.step() is True
-    assert consumer.committed == {("t", 0): 1}  # within the interval: marked only
-    loop.member.on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
-    assert consumer.committed == {("t", 0): 2}  # finished work is not left to the next owner
+    loop, _ = make_loop(consumer, Handler(), max_batch=1)
     while loop.step():
         pass
-    loop.member.close()
+    loop.member.close()  # librdkafka's auto-commit commits what is stored as the consumer closes
     assert consumer.committed == {("t", 0): 3, ("t", 1): 1}
 
 
-def test_a_quiet_stream_commits_what_the_last_batches_finished() -> None:
+def test_with_no_commit_interval_each_batch_is_committed_as_it_finishes() -> None:
     consumer = FakeConsumer({("t", 0): [b"1", b"2"]})
     loop, _ = make_loop(consumer, Handler(), max_batch=1)
-    loop.member.commit_interval = 0.05
-    while loop.step():
-        pass
-    wait_for(
-        "the idle loop to commit", lambda: loop.step() is None and consumer.committed == {("t", 0): 2}, 10
-    )
-
-
-def test_what_a_lost_member_finished_is_never_committed() -> None:
-    consumer = FakeConsumer({("t", 0): [b"1", b"2"]})
-    loop, _ = make_loop(consumer, Handler(), max_batch=1)
-    loop.member.commit_interval = 3600.0
-    loop.step()
-    loop.step()
-    loop.member.on_lost(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
-    loop.member.close()
+    loop.member.commit_each_batch = True
+    assert loop.step() is True
     assert consumer.committed == {("t", 0): 1}
+    assert loop.step() is True
+    assert consumer.committed == {("t", 0): 2}

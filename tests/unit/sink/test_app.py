@@ -55,7 +55,7 @@ def test_images_and_predictions_of_a_batch_are_merged_per_id_and_committed() -> 
     assert sorted(store.stored) == sorted(m.id for m in images)
     assert store.stored[images[0].id].fields["InferredValue"] == "dog"
     assert [reason for reason, _, _ in publisher.dead_letters()] == ["not_json"]
-    assert consumer.committed == {("images", 0): 3, ("preds", 0): 2}
+    assert consumer.stored == {("images", 0): 3, ("preds", 0): 2}
 
 
 def test_couchdb_trouble_holds_the_batch_back_and_counts_retries_until_it_is_stored() -> None:
@@ -72,7 +72,7 @@ def test_couchdb_trouble_holds_the_batch_back_and_counts_retries_until_it_is_sto
     assert [loop.step() for _ in range(4)] == [False, False, False, True]
     assert retries() == before + 3
     assert len(store.stored) == 4
-    assert consumer.committed == {("images", 0): 4}
+    assert consumer.stored == {("images", 0): 4}
 
 
 def test_a_batch_is_complete_when_each_image_has_its_prediction_and_back() -> None:
