@@ -91,7 +91,7 @@ audit: $(PY) ## Delivery audit: is every image sent stored as one complete docum
 CHAOS_IMAGES ?= 10000
 # Its own ZooKeeper, Kafka and CouchDB on free ports: the shared stack is never touched.
 chaos: $(PY) ## Fault injection on a private stack (kills, broker and CouchDB outages, bad messages), then the audit
-	IOT_CHAOS_IMAGES=$(CHAOS_IMAGES) $(PY) -m tests.chaos $(CHAOS_ARGS)
+	IOT_CHAOS_IMAGES=$(CHAOS_IMAGES) $(PY) -m testbed.chaos $(CHAOS_ARGS)
 
 BENCH_IMAGES ?= 5000
 # On a private stack of its own (free ports); writes benchmarks/results/{bench.json,bench.png,bench.md}.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.paths import CIFAR_DIR, WEIGHTS
+from testbed.paths import CIFAR_DIR, WEIGHTS
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,9 @@ from iot_producer.settings import ProducerSettings
 from iot_shared.metrics import serve_http
 from iot_shared.settings import ServiceSettings, env_name
 from iot_sink.settings import SinkSettings
+from testbed.paths import CIFAR_DIR, REPO, WEIGHTS
+from testbed.ports import free_port
 from tests.deploy.conftest import ROLES, VENV_BIN, Dockerfile, dockerfile_path, find_tool
-from tests.paths import CIFAR_DIR, REPO, WEIGHTS
-from tests.ports import free_port
 
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "producer": ProducerSettings,

@@ -10,7 +10,7 @@ from iot_inference.classifier import Classifier, to_tensor
 from iot_inference.model import WEIGHTS_SHA256, fetch_weights, fold_batch_norms, load_resnet20, resnet20
 from iot_shared.errors import DataError
 from iot_shared.schema import CLASSES
-from tests.paths import EXPECTED_ACCURACY
+from testbed.paths import EXPECTED_ACCURACY
 
 
 def test_published_state_dict_loads_strictly(weights_path: Path) -> None:
