@@ -76,7 +76,7 @@ stop: ## Stop everything `make run` started
 
 test: install lint ## Lint, start the real services, run the whole suite, stop them
 	$(STACK) start
-	$(PY) -m pytest tests; status=$$?; $(STACK) stop; exit $$status
+	$(PY) -m pytest tests --require-shared-data; status=$$?; $(STACK) stop; exit $$status
 
 test-deploy: install deploy-tools ## Run the deployments for real: site.yml on four systemd hosts, `make up` (root, ~40 min)
 	$(PY) -m pytest tests/e2e
@@ -95,7 +95,7 @@ audit: $(PY) ## Delivery audit: is every image sent stored as one complete docum
 CHAOS_IMAGES ?= 10000
 # Its own ZooKeeper, Kafka and CouchDB on free ports: the shared stack is never touched.
 chaos: $(PY) ## Fault injection on a private stack (kills, broker and CouchDB outages, bad messages), then the audit
-	IOT_CHAOS_IMAGES=$(CHAOS_IMAGES) $(PY) -m tests.chaos $(CHAOS_ARGS)
+	IOT_CHAOS_IMAGES=$(CHAOS_IMAGES) $(PY) -m testbed.chaos $(CHAOS_ARGS)
 
 BENCH_IMAGES ?= 5000
 # On a private stack of its own (free ports); writes benchmarks/results/{bench.json,bench.png,bench.md}.

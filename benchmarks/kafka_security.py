@@ -26,8 +26,8 @@ from confluent_kafka import Consumer, Producer
 
 from iot_shared.kafka import base_config, ensure_topics
 from iot_shared.settings import ServiceSettings
-from tests.integration.harness import Stack
-from tests.integration.private_stack import PrivateKafka, running
+from testbed.harness import Stack
+from testbed.private_stack import PrivateKafka, running
 
 RECORD_BYTES = 2_600  # a CIFAR-10 PNG with its JSON envelope, about
 PARTITIONS = 3

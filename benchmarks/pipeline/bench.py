@@ -13,10 +13,10 @@ from benchmarks.pipeline.config import REPO, BenchConfig
 from benchmarks.pipeline.couch import DocumentFollower
 from benchmarks.pipeline.kafka import Broker
 from benchmarks.pipeline.progress import Phase, Phases
-from tests.integration.harness import Pipeline, Service
-from tests.integration.private_stack import PrivateStack
-from tests.ports import free_port
-from tests.waiting import wait_for
+from testbed.harness import Pipeline, Service
+from testbed.ports import free_port
+from testbed.private_stack import PrivateStack
+from testbed.waiting import wait_for
 
 # What the groups need to hold before a measurement starts, by role.
 STALL_SECONDS = 60.0
@@ -151,7 +151,7 @@ def wait(
     pipe: Pipeline,
     extra: Callable[[], None] = lambda: None,
 ) -> None:
-    """`tests.waiting.wait_for`; a crash, a stall or the deadline fails with the services' last log lines."""
+    """`wait_for`; a crash, a stall or the deadline fails with the services' last log lines."""
 
     def alive() -> None:
         pipe.alive()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from tests.integration.harness import Stack, is_complete
+from testbed.harness import Stack, is_complete
 
 PAGE = 2_000
 

@@ -23,8 +23,8 @@ from benchmarks.pipeline.model import TORCH_DEFAULT_THREADS, measure_model, serv
 from benchmarks.pipeline.progress import Phases
 from benchmarks.pipeline.results import BenchResult
 from iot_producer.cifar import load_split
-from tests.integration.private_stack import PrivateStack
-from tests.paths import CIFAR_DIR, WEIGHTS
+from testbed.paths import CIFAR_DIR, WEIGHTS
+from testbed.private_stack import PrivateStack
 
 
 def run(config: BenchConfig, console: Console) -> BenchResult:

@@ -14,7 +14,7 @@ from benchmarks.pipeline.results import BatchSizes, Latency, Throughput, Usage
 from benchmarks.pipeline.service_metrics import batch_size_snapshot, batch_sizes
 from benchmarks.pipeline.timing import batch_interval_rate, latency, span_rate
 from benchmarks.pipeline.usage import UsageSampler
-from tests.integration.harness import Pipeline, Service
+from testbed.harness import Pipeline, Service
 
 FILL_SOURCE = "bench-stages"
 E2E_SOURCE = "bench-e2e"

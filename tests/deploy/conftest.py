@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.paths import REPO
+from testbed.paths import REPO
 
 ROLES = ("producer", "inference", "sink")
 VENV_BIN = REPO / ".venv" / "bin"

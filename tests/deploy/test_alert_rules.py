@@ -17,9 +17,9 @@ from prometheus_client import REGISTRY
 import iot_inference.metrics
 import iot_shared.metrics
 import iot_sink.metrics
+from testbed.paths import REPO
 from tests.deploy.conftest import find_tool
 from tests.markdown import anchors
-from tests.paths import REPO
 
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 JMX_EXPORTER = REPO / "deploy" / "prometheus" / "kafka-jmx-exporter.yml"

@@ -27,8 +27,8 @@ from iot_shared.settings import SECRETS_DIR, ServiceSettings, env_name
 from iot_shared.topics import TopicSettings
 from iot_sink.couch_setup import CouchSetupSettings
 from iot_sink.settings import SinkSettings
+from testbed.paths import REPO
 from tests.deploy.conftest import ROLES, VENV_BIN, Dockerfile, find_tool
-from tests.paths import REPO
 
 COMPOSE_DIR = REPO / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"

@@ -31,9 +31,9 @@ from iot_producer.settings import ProducerSettings
 from iot_shared.metrics import serve_http
 from iot_shared.settings import ServiceSettings, env_name
 from iot_sink.settings import SinkSettings
+from testbed.paths import REPO
+from testbed.ports import free_port
 from tests.deploy.conftest import ROLES, VENV_BIN, Dockerfile, dockerfile_path, find_tool
-from tests.paths import CIFAR_DIR, REPO, WEIGHTS
-from tests.ports import free_port
 
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "producer": ProducerSettings,
@@ -414,7 +414,9 @@ def test_inference_takes_cpu_only_torch_at_the_locked_version(dockerfiles: dict[
 # --- weights and data baked into the images -----------------------------------------------
 
 
-def test_inference_image_carries_the_published_weights(dockerfiles: dict[str, Dockerfile]) -> None:
+def test_inference_image_carries_the_published_weights(
+    dockerfiles: dict[str, Dockerfile], weights_path: Path
+) -> None:
     dockerfile = dockerfiles["inference"]
     source = dockerfile.stage("weights-source")
     assert source.base == "scratch"
@@ -435,11 +437,12 @@ def test_inference_image_carries_the_published_weights(dockerfiles: dict[str, Do
     assert copied.operands == ["/models", "/opt/models"]
     assert final.env()["IOT_WEIGHTS"] == f"/opt/models/{WEIGHTS_FILE}"
     # The pinned hash is that of the file the native tests classify with.
-    assert WEIGHTS.is_file(), f"test weights missing: {WEIGHTS}"
-    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == WEIGHTS_SHA256
+    assert hashlib.sha256(weights_path.read_bytes()).hexdigest() == WEIGHTS_SHA256
 
 
-def test_producer_image_carries_the_published_cifar10(dockerfiles: dict[str, Dockerfile]) -> None:
+def test_producer_image_carries_the_published_cifar10(
+    dockerfiles: dict[str, Dockerfile], cifar_dir: Path
+) -> None:
     dockerfile = dockerfiles["producer"]
     source = dockerfile.stage("cifar-source")
     assert source.base == "scratch"
@@ -458,8 +461,8 @@ def test_producer_image_carries_the_published_cifar10(dockerfiles: dict[str, Doc
     assert copied.operands == ["/cifar10", "/opt/cifar10"]
     assert final.env()["IOT_DATA_DIR"] == "/opt/cifar10"
     # The producer reads that layout (a folder holding cifar-10-batches-bin), like the test copy.
-    assert (CIFAR_DIR / "cifar-10-batches-bin").is_dir()
-    assert len(load_split(CIFAR_DIR, "test")) == 10_000
+    assert (cifar_dir / "cifar-10-batches-bin").is_dir()
+    assert len(load_split(cifar_dir, "test")) == 10_000
 
 
 # --- build context ---------------------------------------------------------------------------

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.paths import REPO
 from tests.e2e.commands import run
 from tests.e2e.hosts import Host
-from tests.paths import REPO
 
 ANSIBLE = REPO / "deploy" / "ansible"
 PLAYBOOK_BIN = REPO / ".venv" / "bin" / "ansible-playbook"

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from testbed.paths import CIFAR_DIR, WEIGHTS
 from tests.e2e.servers import file_server
-from tests.paths import CIFAR_DIR, WEIGHTS
 
 PYPI_INDEX = "https://pypi.org/simple"
 CA_CERTS = Path("/usr/local/share/ca-certificates")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from testbed.paths import REPO
 from tests.e2e import standins
 from tests.e2e.ansible import PlaybookRun, run_playbook, write_inventory
 from tests.e2e.build_inputs import build_args
@@ -25,7 +26,6 @@ from tests.e2e.hosts import GATEWAY, Host, hosts
 from tests.e2e.kafka_release import build_kafka_release
 from tests.e2e.python_base import import_base_image
 from tests.e2e.servers import file_server, registry
-from tests.paths import REPO
 
 # The jars deploy/local/stack.sh install resolves: Kafka 3.9 (ZooKeeper mode) and Kafka 4 (KRaft).
 KAFKA_RELEASES = {

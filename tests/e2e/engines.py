@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from testbed.waiting import wait_for
 from tests.e2e.commands import run
-from tests.waiting import wait_for
 
 RUN_DIR: Final = Path("/run/iot-e2e")
 # IOT_E2E_DOCKER_ROOT moves it (`make ci-fresh` points it into its temporary folder).

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.waiting import wait_for
 from tests.e2e.commands import run
 from tests.e2e.podman import image_exists, podman
 from tests.e2e.rootfs import debian_rootfs
-from tests.waiting import wait_for
 
 HOST_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "openssh-server", "sudo",

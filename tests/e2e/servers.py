@@ -16,8 +16,8 @@ from pathlib import Path
 
 import requests
 
+from testbed.waiting import wait_for
 from tests.e2e.commands import run
-from tests.waiting import wait_for
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -76,8 +76,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from testbed.paths import REPO
 from tests.e2e.rootfs import debian_rootfs, import_image
-from tests.paths import REPO
 
 FILES: Final = Path(__file__).with_name("standin-files")
 KAFKA_LIBS: Final = REPO / "deploy" / "local" / ".kafka" / "libs"

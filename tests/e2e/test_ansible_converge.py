@@ -18,11 +18,11 @@ import pytest
 import requests
 from PIL import Image
 
+from testbed.waiting import wait_for
 from tests.e2e.ansible import PlaybookRun
 from tests.e2e.conftest import Deployment
 from tests.e2e.hosts import Host, restart_host
 from tests.tls import another_ca
-from tests.waiting import wait_for
 
 UNITS = {
     "vm1": ["iot-firewall", "docker"],  # and iot-producer, a oneshot: see below

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import requests
 
+from testbed.waiting import wait_for
 from tests.e2e.ansible import PlaybookRun, run_playbook, write_inventory
 from tests.e2e.conftest import Deployment
 from tests.e2e.hosts import Host, restart_host
-from tests.waiting import wait_for
 
 NODES = ("vm5", "vm6", "vm7")
 CLUSTER_IMAGES = 30

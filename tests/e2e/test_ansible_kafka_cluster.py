@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 import requests
 
+from testbed.waiting import wait_for
 from tests.e2e.ansible import PlaybookRun, run_playbook, write_inventory
 from tests.e2e.conftest import KAFKA_ADMIN_CONFIG, Deployment
 from tests.e2e.hosts import Host, restart_host
-from tests.waiting import wait_for
 
 BROKERS = ("vm5", "vm6", "vm7")
 INFERENCE = ("vm2", "vm3")

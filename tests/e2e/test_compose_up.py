@@ -48,11 +48,11 @@ import requests
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from testbed.paths import REPO
+from testbed.ports import free_port
+from testbed.waiting import wait_for
 from tests.e2e import standins
 from tests.e2e.engines import Dockerd
-from tests.paths import REPO
-from tests.ports import free_port
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(7200)
 

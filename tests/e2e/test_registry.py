@@ -6,8 +6,8 @@ from pathlib import Path
 
 import requests
 
+from testbed.ports import free_port
 from tests.e2e.servers import registry
-from tests.ports import free_port
 
 
 def test_registry_serves_from_a_storage_that_does_not_exist_yet(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Pipeline, Stack
-from tests.integration.private_stack import STACK_SCRIPT
+from testbed.harness import Pipeline, Stack
+from testbed.private_stack import STACK_SCRIPT
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.integration.harness import Pipeline
+from testbed.harness import Pipeline
 
 
 def audit_json(pipeline: Pipeline) -> tuple[int, dict[str, Any]]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Pipeline, Stack
-from tests.integration.private_stack import PrivateCouch, private_couch
+from testbed.harness import Pipeline, Stack
+from testbed.private_stack import PrivateCouch, private_couch
 
 IMAGES = 30
 READER = ("iot_reader", "local-dev-only")  # stack.sh's iot-couchdb-setup made it on every CouchDB

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.paths import REPO
+from testbed.paths import REPO
 
 STACK_PROCESSES = {"kafka broker (java)", "zookeeper (java)", "couchdb (erlang)"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

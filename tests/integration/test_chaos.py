@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.__main__ import print_result
-from tests.chaos.driver import ChaosConfig, ChaosRun
-from tests.chaos.faults import small_plan
+from testbed.chaos.__main__ import print_result
+from testbed.chaos.driver import ChaosConfig, ChaosRun
+from testbed.chaos.faults import small_plan
 
 IMAGES = 1_500
 

@@ -12,7 +12,7 @@ import requests
 from pydantic import SecretStr
 
 from iot_sink.couch_setup import CouchSetupSettings, security_object, setup
-from tests.integration.harness import Stack
+from testbed.harness import Stack
 
 
 @pytest.fixture

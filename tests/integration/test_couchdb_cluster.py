@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from iot_shared.schema import PredictionMessage
 from iot_sink.documents import group_by_id, merge
-from tests.integration.harness import Pipeline, Stack, is_complete, random_images
-from tests.integration.private_stack import PrivateCouch, private_couch
-from tests.ports import free_port
-from tests.waiting import wait_for
+from testbed.harness import Pipeline, Stack, is_complete, random_images
+from testbed.ports import free_port
+from testbed.private_stack import PrivateCouch, private_couch
+from testbed.waiting import wait_for
 
 IMAGES = 400
 RATE = "40"  # images per second: the producer sends for 10 s

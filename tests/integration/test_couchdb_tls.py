@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from iot_shared.couch import make_client, ping
 from iot_shared.settings import CouchSettings
 from iot_sink.couch_setup import CouchSetupSettings, setup
-from tests.integration.harness import Stack
-from tests.integration.private_stack import PASSWORD, PrivateCouch, private_couch
+from testbed.harness import Stack
+from testbed.private_stack import PASSWORD, PrivateCouch, private_couch
 from tests.tls import another_ca
 
 SINK_PASSWORD = "local-dev-only"  # stack.sh's iot-couchdb-setup made iot_sink with it

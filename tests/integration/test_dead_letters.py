@@ -12,7 +12,7 @@ from PIL import Image
 
 from iot_shared.errors import DLQ_REASONS
 from iot_shared.schema import ImageMessage, PredictionMessage
-from tests.integration.harness import Pipeline
+from testbed.harness import Pipeline
 
 
 def _png(size: tuple[int, int], mode: str = "RGB") -> str:

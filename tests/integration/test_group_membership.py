@@ -10,8 +10,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from iot_shared.consumer import GroupMember, join_group
 from iot_shared.settings import ConsumerSettings
-from tests.integration.harness import Pipeline, random_images, wait_for
-from tests.ports import free_port
+from testbed.harness import Pipeline, random_images, wait_for
+from testbed.ports import free_port
 
 
 def test_holding_back_rewinds_and_resumes_without_losing_or_skipping_a_record(pipeline: Pipeline) -> None:

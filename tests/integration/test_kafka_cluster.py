@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
-from tests.chaos.driver import ClusterWatch
-from tests.integration.harness import Pipeline, Stack
-from tests.integration.private_stack import PrivateKafka, private_kafka
-from tests.waiting import wait_for
+from testbed.chaos.driver import ClusterWatch
+from testbed.harness import Pipeline, Stack
+from testbed.private_stack import PrivateKafka, private_kafka
+from testbed.waiting import wait_for
 
 IMAGES = 600
 RATE = "40"  # images per second: the producer sends for 15 s

@@ -17,10 +17,10 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from iot_shared.kafka import base_config, ensure_topics
 from iot_shared.settings import ServiceSettings
-from tests.integration.harness import Pipeline, Stack
-from tests.integration.private_stack import PrivateKafka, private_kafka
+from testbed.harness import Pipeline, Stack
+from testbed.private_stack import PrivateKafka, private_kafka
+from testbed.waiting import wait_for
 from tests.tls import another_ca
-from tests.waiting import wait_for
 
 IMAGES = 20
 REFUSAL_TIMEOUT_S = 60

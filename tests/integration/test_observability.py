@@ -18,11 +18,11 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Pipeline, Service, Stack
+from testbed.harness import Pipeline, Service, Stack
+from testbed.paths import REPO
+from testbed.ports import free_port
+from testbed.waiting import wait_for
 from tests.integration.test_dead_letters import BAD_IMAGES
-from tests.paths import REPO
-from tests.ports import free_port
-from tests.waiting import wait_for
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "iot-pipeline.json"
 ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"

@@ -10,10 +10,10 @@ import uuid
 import numpy as np
 
 from iot_shared.schema import CLASSES, ImageMessage, PredictionMessage, png_to_pixels
-from tests.integration.harness import Pipeline, wait_for
+from testbed.harness import Pipeline, wait_for
+from testbed.paths import EXPECTED_ACCURACY
+from testbed.ports import free_port
 from tests.integration.test_observability import accuracy_of, document_cells, wait_for_scored
-from tests.paths import EXPECTED_ACCURACY
-from tests.ports import free_port
 
 
 def test_300_images_at_full_speed_become_exactly_300_complete_documents(pipeline: Pipeline) -> None:

@@ -25,9 +25,9 @@ from iot_producer.runs import RUN_ID_FILE
 from iot_shared.kafka import ensure_topics
 from iot_shared.run_plan import RunPlan
 from iot_shared.settings import ServiceSettings
-from tests.integration.harness import Pipeline, Service
-from tests.integration.private_stack import PrivateStack, private_stack
-from tests.waiting import wait_for
+from testbed.harness import Pipeline, Service
+from testbed.private_stack import PrivateStack, private_stack
+from testbed.waiting import wait_for
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_shared.settings import CouchSettings
 from iot_sink.documents import group_by_id
 from iot_sink.store import DocumentStore
-from tests.integration import private_stack
-from tests.integration.harness import Pipeline, Stack, random_images, wait_for
-from tests.integration.private_stack import PrivateCouch
-from tests.ports import free_port
+from testbed import private_stack
+from testbed.harness import Pipeline, Stack, random_images, wait_for
+from testbed.ports import free_port
+from testbed.private_stack import PrivateCouch
 
 
 def test_conflicting_writer_is_merged_not_overwritten(stack: Stack) -> None:

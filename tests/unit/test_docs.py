@@ -20,8 +20,8 @@ from iot_shared.schema import MAX_DATA_CHARS, MAX_MESSAGE_BYTES, MAX_NAME_CHARS,
 from iot_shared.settings import env_name
 from iot_shared.topics import TopicSettings
 from iot_sink.settings import SinkSettings
+from testbed.paths import REPO
 from tests.markdown import anchors, broken_links, links
-from tests.paths import REPO
 
 DOCS = REPO / "docs"
 README = (REPO / "README.md").read_text()

@@ -10,7 +10,7 @@ from iot_inference.classifier import Classifier, to_tensor
 from iot_inference.model import WEIGHTS_SHA256, fetch_weights, fold_batch_norms, load_resnet20, resnet20
 from iot_shared.errors import DataError
 from iot_shared.schema import CLASSES
-from tests.paths import EXPECTED_ACCURACY
+from testbed.paths import EXPECTED_ACCURACY
 
 
 def test_published_state_dict_loads_strictly(weights_path: Path) -> None:
@@ -45,6 +45,8 @@ def test_preprocessing_matches_totensor_and_normalize() -> None:
     assert x[0, 2, 0, 0].item() == pytest.approx((0.0 - 0.4465) / 0.2010)
 
 
+# Two forward passes over all 10,000 images: under a minute alone, near two on a busy 2-core machine.
+@pytest.mark.timeout(600)
 def test_model_agrees_with_reference_forward_pass_on_the_test_set(
     weights_path: Path, test_set, reference_model
 ) -> None:

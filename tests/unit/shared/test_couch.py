@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from iot_shared.couch import client_for
-from tests.ports import free_port
+from testbed.ports import free_port
 
 
 class Node(BaseHTTPRequestHandler):

@@ -7,7 +7,7 @@ import pytest
 
 from iot_shared.healthcheck import main
 from iot_shared.metrics import Probe, serve_http
-from tests.ports import free_port
+from testbed.ports import free_port
 
 
 @pytest.mark.parametrize(

@@ -40,11 +40,11 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from prometheus_client.parser import text_string_to_metric_families
 
 from iot_sink.audit import AuditSettings, Report, run_audit
-from tests.chaos.faults import Malformed, Role, Step, malformed_messages, near_limit_message
-from tests.integration.harness import Pipeline, Service
-from tests.integration.private_stack import PrivateStack
-from tests.ports import free_port
-from tests.waiting import wait_for
+from testbed.chaos.faults import Malformed, Role, Step, malformed_messages, near_limit_message
+from testbed.harness import Pipeline, Service
+from testbed.ports import free_port
+from testbed.private_stack import PrivateStack
+from testbed.waiting import wait_for
 
 log = logging.getLogger("chaos")
 # librdkafka's own logs (a refused connection every few ms while the broker is down) go to the

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.integration.harness import Stack
-from tests.paths import REPO
-from tests.ports import free_port
-from tests.waiting import wait_for
+from testbed.harness import Stack
+from testbed.paths import REPO
+from testbed.ports import free_port
+from testbed.waiting import wait_for
 
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
 PASSWORD = "private-test-only"

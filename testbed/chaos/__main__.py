@@ -1,4 +1,4 @@
-"""`make chaos` / `python -m tests.chaos`: the fault-injection run on a private stack.
+"""`make chaos` / `python -m testbed.chaos`: the fault-injection run on a private stack.
 
 Prints the faults fired, the audit and the checks, writes result.json into the run folder, and
 exits 0 only when every check passed.
@@ -18,13 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from iot_sink.audit import render_table
-from tests.chaos.driver import ChaosConfig, ChaosResult, ChaosRun, write_result
-from tests.chaos.faults import PLANS
-from tests.paths import REPO
+from testbed.chaos.driver import ChaosConfig, ChaosResult, ChaosRun, write_result
+from testbed.chaos.faults import PLANS
+from testbed.paths import REPO
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m testbed.chaos", description=__doc__)
     parser.add_argument(
         "--images",
         type=int,

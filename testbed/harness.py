@@ -27,8 +27,8 @@ from iot_shared.kafka import ensure_topics
 from iot_shared.schema import ImageMessage
 from iot_shared.settings import ServiceSettings
 from iot_sink.couch_setup import prepare_database
-from tests.paths import CIFAR_DIR, WEIGHTS
-from tests.waiting import wait_for
+from testbed.paths import CIFAR_DIR, WEIGHTS
+from testbed.waiting import wait_for
 
 
 @dataclass(frozen=True)
