@@ -15,7 +15,6 @@ from iot_shared.consumer import FatalConsumerError, GroupMember
 from iot_shared.dead_letters import MAX_RECORD_BYTES, DeadLetters
 from iot_shared.errors import InvalidMessageError
 from iot_shared.metrics import record_consumer_stats
-from testbed.waiting import wait_for
 from tests.unit.shared.fakes import FakeConsumer, RecordingPublisher
 
 
