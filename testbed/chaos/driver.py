@@ -696,19 +696,31 @@ class ChaosRun:
         self.stack.start()
         back = time.monotonic()
         record.note = "sinks retried writes" if retried else "no sink retried a write during the outage"
-        probes = {s.name: self._grew_probe(s, WRITTEN, back) for s in sinks}
+        probes = {s.name: self._writing_probe(s, back) for s in sinks}
         self._await_each("every sink writing again", probes, record, fired)
         record.add_note(f"all writing {time.monotonic() - back:.1f}s after CouchDB was back")
         record.ok = True
 
     def _fire_when_sinks_write(self, record: FaultRecord, started: float) -> float:
-        """Wait until every sink consumes and writes, then fire; returns when it fired."""
+        """Wait until every sink consumes and writes, then fire; returns when it fired.
+
+        Once the producer has sent the whole run, its re-runs send images already stored, and
+        a sink has nothing new to write: consuming is then all it can show (noted)."""
         sinks = self._role("sink")
         probes = {s.name: self._busy_probe(s, CONSUMED) for s in sinks}
-        probes |= {f"{s.name} writing": self._busy_probe(s, WRITTEN, 1) for s in sinks}
+        probes |= {f"{s.name} writing": self._or_all_sent(self._busy_probe(s, WRITTEN, 1)) for s in sinks}
         self._await_together("every sink consuming and writing", probes)
         record.waited = round(time.monotonic() - started, 1)
+        if self._all_sent():
+            record.add_note("the run was all sent and stored before: the sinks had nothing new to write")
         return self._fire(record)
+
+    def _all_sent(self) -> bool:
+        """Whether a producer run has sent every image of the run (later runs send them again)."""
+        return any(run.get("completed") for run in self.producer_runs)
+
+    def _or_all_sent(self, probe: Callable[[], bool]) -> Callable[[], bool]:
+        return lambda: probe() or self._all_sent()
 
     def _kill_couch_node(self, record: FaultRecord, started: float) -> None:
         """kill -9 the CouchDB node the sinks write to (the first they are given): they must go
@@ -717,7 +729,7 @@ class ChaosRun:
         sinks = self._role("sink")
         fired = self._fire_when_sinks_write(record, started)
         self.stack.kill("couchdb")
-        probes = {s.name: self._grew_probe(s, WRITTEN, fired) for s in sinks}
+        probes = {s.name: self._writing_probe(s, fired) for s in sinks}
         self._await_each("every sink writing through the other nodes", probes, record, fired)
         self.stack.start()
         record.note = f"node 1 back after {time.monotonic() - fired:.1f}s"
@@ -1081,6 +1093,11 @@ class ChaosRun:
     @staticmethod
     def _grew_probe(member: Member, metric: str, since: float) -> Callable[[], bool]:
         return lambda: member.grew(metric, since)
+
+    def _writing_probe(self, sink: Member, since: float) -> Callable[[], bool]:
+        """The sink wrote since then; or, once the run was all sent (nothing new to write), it
+        consumed since then."""
+        return lambda: sink.grew(WRITTEN, since) or (self._all_sent() and sink.grew(CONSUMED, since))
 
     def _fire(self, record: FaultRecord) -> float:
         fired = time.monotonic()
