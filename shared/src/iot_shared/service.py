@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from iot_shared.errors import ConfigError, PipelineError
+from iot_shared.http_server import PortTakenError
 from iot_shared.lifecycle import StopFlag, StoppedWhileWaitingError
 from iot_shared.logs import configure_logging
-from iot_shared.metrics import BUILD_INFO, PortTakenError
+from iot_shared.metrics import BUILD_INFO
 from iot_shared.settings import ServiceSettings, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)

@@ -30,9 +30,10 @@ from iot_inference.settings import InferenceSettings
 from iot_shared.batch_loop import BatchLoop
 from iot_shared.consumer import GroupMember, join_group
 from iot_shared.dead_letters import DeadLetters
+from iot_shared.http_server import Probe, serve_http
 from iot_shared.kafka import wait_for_topics
 from iot_shared.lifecycle import StopFlag
-from iot_shared.metrics import BUILD_INFO, Probe, serve_http
+from iot_shared.metrics import BUILD_INFO
 from iot_shared.publisher import Publisher
 from iot_shared.schema import MODEL_NAME, ImageMessage, Pixels, PredictionMessage
 
@@ -111,7 +112,7 @@ def run(settings: InferenceSettings, stop: StopFlag) -> int:
     with ExitStack() as cleanup:
         # Closed in reverse: leave the group, flush what is left, then stop serving.
         probe = Probe("loading the model")
-        server = serve_http(settings.metrics_port, probe)
+        server = serve_http(settings.metrics_port, probe, settings.metrics_address)
         if server is not None:
             cleanup.callback(server.shutdown)
         classifier = load_classifier(settings)

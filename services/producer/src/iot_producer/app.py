@@ -14,8 +14,8 @@ from iot_producer import cifar
 from iot_producer.runs import Run, open_run
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DataError, DeliveryError
+from iot_shared.http_server import Probe, serve_http
 from iot_shared.lifecycle import StopFlag
-from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher, Undelivered
 from iot_shared.run_plan import SPLIT_SIZES, image_id
 from iot_shared.schema import ImageMessage
@@ -60,7 +60,7 @@ def load_dataset(settings: ProducerSettings) -> cifar.Dataset:
 
 def run(settings: ProducerSettings, stop: StopFlag) -> int:
     probe = Probe("loading CIFAR-10")
-    server = serve_http(settings.metrics_port, probe)
+    server = serve_http(settings.metrics_port, probe, settings.metrics_address)
     try:
         return publish_run(settings, stop, probe)
     finally:

@@ -22,9 +22,9 @@ from iot_shared.consumer import GroupMember, join_group
 from iot_shared.couch import make_client, ping
 from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import ConfigError, summary
+from iot_shared.http_server import Probe, serve_http
 from iot_shared.kafka import wait_for_topics
 from iot_shared.lifecycle import StopFlag, wait_until
-from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher
 from iot_shared.schema import ImageMessage, PredictionMessage
 from iot_sink.conflicts import ConflictSweeper
@@ -122,7 +122,7 @@ def run(settings: SinkSettings, stop: StopFlag) -> int:
     with ExitStack() as cleanup:
         # Closed in reverse: leave the group, flush what is left, then stop serving.
         probe = Probe("waiting for CouchDB")
-        server = serve_http(settings.metrics_port, probe)
+        server = serve_http(settings.metrics_port, probe, settings.metrics_address)
         if server is not None:
             cleanup.callback(server.shutdown)
         client = connect_couch(settings, stop)
