@@ -9,7 +9,8 @@ import uuid
 
 import numpy as np
 
-from iot_shared.schema import CLASSES, ImageMessage, PredictionMessage, png_to_pixels
+from iot_shared.png import png_to_pixels
+from iot_shared.schema import CLASSES, ImageMessage, PredictionMessage
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.test_observability import accuracy_of, document_cells, wait_for_scored
 from tests.paths import EXPECTED_ACCURACY

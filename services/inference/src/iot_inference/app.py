@@ -34,8 +34,9 @@ from iot_shared.http_server import Probe, serve_http
 from iot_shared.kafka import wait_for_topics
 from iot_shared.lifecycle import StopFlag
 from iot_shared.metrics import BUILD_INFO
+from iot_shared.png import Pixels
 from iot_shared.publisher import Publisher
-from iot_shared.schema import MODEL_NAME, ImageMessage, Pixels, PredictionMessage
+from iot_shared.schema import MODEL_NAME, ImageMessage, PredictionMessage
 
 log = logging.getLogger("iot_inference")
 SERVICE = "inference"
