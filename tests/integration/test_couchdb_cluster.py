@@ -15,8 +15,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from iot_shared.schema import PredictionMessage
-from iot_sink.documents import group_by_id, merge
-from tests.integration.harness import Pipeline, Stack, is_complete, random_images
+from iot_sink.documents import group_by_id, is_complete, merge
+from tests.integration.harness import Pipeline, Stack, random_images
 from tests.integration.private_stack import PrivateCouch, private_couch
 from tests.ports import free_port
 from tests.waiting import wait_for

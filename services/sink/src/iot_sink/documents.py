@@ -20,8 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iot_shared.schema import ImageMessage, PredictionMessage
+from iot_shared.wire_fields import (
+    ATTACHMENT,
+    CONFIDENCE,
+    GROUND_TRUTH,
+    INFERRED_AT,
+    INFERRED_VALUE,
+    MODEL,
+    PRODUCED_AT,
+    SOURCE,
+    STORED_AT,
+)
 
-ATTACHMENT = "image.png"
 Document = dict[str, Any]
 
 
@@ -37,18 +47,18 @@ class Update:
         """Gather the message's fields; within a batch too, the first message wins."""
         if isinstance(message, ImageMessage):
             fields = {
-                "GroundTruth": message.ground_truth,
-                "ProducedAt": message.produced_at,
-                "Source": message.source,
+                GROUND_TRUTH: message.ground_truth,
+                PRODUCED_AT: message.produced_at,
+                SOURCE: message.source,
             }
             if self.png is None:
                 self.png = message.png
         else:
             fields = {
-                "InferredValue": message.inferred_value,
-                "Confidence": message.confidence,
-                "Model": message.model,
-                "InferredAt": message.inferred_at,
+                INFERRED_VALUE: message.inferred_value,
+                CONFIDENCE: message.confidence,
+                MODEL: message.model,
+                INFERRED_AT: message.inferred_at,
             }
         for name, value in fields.items():
             self.fields.setdefault(name, value)
@@ -62,7 +72,7 @@ def group_by_id(messages: Iterable[ImageMessage | PredictionMessage]) -> dict[st
 
 
 def is_complete(doc: Document) -> bool:
-    return "GroundTruth" in doc and "InferredValue" in doc and ATTACHMENT in doc.get("_attachments", {})
+    return GROUND_TRUTH in doc and INFERRED_VALUE in doc and ATTACHMENT in doc.get("_attachments", {})
 
 
 def merge(existing: Document | None, update: Update, stored_at: float) -> Document | None:
@@ -87,7 +97,7 @@ def merge(existing: Document | None, update: Update, stored_at: float) -> Docume
         return None
     if attachments:
         doc["_attachments"] = attachments  # existing ones stay as stubs: CouchDB keeps their data
-    doc["StoredAt"] = stored_at
+    doc[STORED_AT] = stored_at
     return doc
 
 
@@ -114,5 +124,5 @@ def merge_revisions(winner: Document, others: Iterable[Document], stored_at: flo
         return None
     if attachments:
         doc["_attachments"] = attachments
-    doc["StoredAt"] = stored_at
+    doc[STORED_AT] = stored_at
     return doc
