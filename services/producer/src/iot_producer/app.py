@@ -15,6 +15,7 @@ from iot_producer.runs import Run, open_run
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DataError, DeliveryError
 from iot_shared.http_server import Probe, serve_http
+from iot_shared.kafka import as_text
 from iot_shared.lifecycle import StopFlag
 from iot_shared.publisher import Publisher, Undelivered
 from iot_shared.run_plan import SPLIT_SIZES, image_id
@@ -119,11 +120,11 @@ def finish(current: Run, planned: int, sent: Sequence[str], undelivered: Sequenc
 
 def name_undelivered(current: Run, undelivered: Sequence[Undelivered]) -> str:
     """The first IDs and their errors; all of them written to a file when there are more."""
-    named = ", ".join(f"{_key(u)} ({u.error.name()})" for u in undelivered[:LISTED_IDS])
+    named = ", ".join(f"{as_text(u.key)} ({u.error.name()})" for u in undelivered[:LISTED_IDS])
     if len(undelivered) <= LISTED_IDS:
         return named
     more = f"{named} and {len(undelivered) - LISTED_IDS} more"
-    lines = "".join(f"{_key(u)}\t{u.error.name()}\t{u.error.str()}\n" for u in undelivered)
+    lines = "".join(f"{as_text(u.key)}\t{u.error.name()}\t{u.error.str()}\n" for u in undelivered)
     try:
         current.undelivered_file.parent.mkdir(parents=True, exist_ok=True)
         current.undelivered_file.write_text(lines, encoding="utf-8")
@@ -131,8 +132,3 @@ def name_undelivered(current: Run, undelivered: Sequence[Undelivered]) -> str:
         log.warning("cannot write the undelivered IDs to %s: %s", current.undelivered_file, exc)
         return more
     return f"{more} (all in {current.undelivered_file})"
-
-
-def _key(undelivered: Undelivered) -> str:
-    key = undelivered.key
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
