@@ -20,19 +20,9 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from pydantic_core import ErrorDetails
 
+from iot_shared import wire_fields as wire
 from iot_shared.errors import InvalidMessageError
 from iot_shared.png import Pixels, check_png_header, pixels_to_png, png_to_pixels
-from iot_shared.wire_fields import (
-    CONFIDENCE,
-    DATA,
-    GROUND_TRUTH,
-    ID,
-    INFERRED_AT,
-    INFERRED_VALUE,
-    MODEL,
-    PRODUCED_AT,
-    SOURCE,
-)
 
 ClassName = Literal[
     "airplane",
@@ -71,23 +61,23 @@ class _Wire(BaseModel):
 class ImageWire(_Wire):
     """`iot-topic` on the wire."""
 
-    id: uuid.UUID = Field(alias=ID, description="the image's ID (any UUID version)")
-    ground_truth: ClassName = Field(alias=GROUND_TRUTH, description="CIFAR-10 class name")
-    data: Base64Png = Field(alias=DATA, description="base64 of a 32x32 RGB PNG")
-    produced_at: FiniteFloat = Field(alias=PRODUCED_AT, description="Unix epoch seconds when sent")
-    source: Name = Field(alias=SOURCE, description="producer ID")
+    id: uuid.UUID = Field(alias=wire.ID, description="the image's ID (any UUID version)")
+    ground_truth: ClassName = Field(alias=wire.GROUND_TRUTH, description="CIFAR-10 class name")
+    data: Base64Png = Field(alias=wire.DATA, description="base64 of a 32x32 RGB PNG")
+    produced_at: FiniteFloat = Field(alias=wire.PRODUCED_AT, description="Unix epoch seconds when sent")
+    source: Name = Field(alias=wire.SOURCE, description="producer ID")
 
 
 class PredictionWire(_Wire):
     """`iot-predictions` on the wire."""
 
-    id: uuid.UUID = Field(alias=ID, description="the image's ID")
-    inferred_value: ClassName = Field(alias=INFERRED_VALUE, description="predicted class name")
+    id: uuid.UUID = Field(alias=wire.ID, description="the image's ID")
+    inferred_value: ClassName = Field(alias=wire.INFERRED_VALUE, description="predicted class name")
     confidence: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] = Field(
-        alias=CONFIDENCE, description="softmax probability of that class"
+        alias=wire.CONFIDENCE, description="softmax probability of that class"
     )
-    model: Name = Field(alias=MODEL, description="the model's name")
-    inferred_at: FiniteFloat = Field(alias=INFERRED_AT, description="Unix epoch seconds")
+    model: Name = Field(alias=wire.MODEL, description="the model's name")
+    inferred_at: FiniteFloat = Field(alias=wire.INFERRED_AT, description="Unix epoch seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +101,11 @@ class ImageMessage:
     def encode(self) -> bytes:
         return _dump(
             {
-                ID: self.id,
-                GROUND_TRUTH: self.ground_truth,
-                DATA: base64.b64encode(self.png).decode("ascii"),
-                PRODUCED_AT: self.produced_at,
-                SOURCE: self.source,
+                wire.ID: self.id,
+                wire.GROUND_TRUTH: self.ground_truth,
+                wire.DATA: base64.b64encode(self.png).decode("ascii"),
+                wire.PRODUCED_AT: self.produced_at,
+                wire.SOURCE: self.source,
             }
         )
 
@@ -145,11 +135,11 @@ class PredictionMessage:
     def encode(self) -> bytes:
         return _dump(
             {
-                ID: self.id,
-                INFERRED_VALUE: self.inferred_value,
-                CONFIDENCE: self.confidence,
-                MODEL: self.model,
-                INFERRED_AT: self.inferred_at,
+                wire.ID: self.id,
+                wire.INFERRED_VALUE: self.inferred_value,
+                wire.CONFIDENCE: self.confidence,
+                wire.MODEL: self.model,
+                wire.INFERRED_AT: self.inferred_at,
             }
         )
 
@@ -208,7 +198,7 @@ def _contract_error(error: ErrorDetails) -> InvalidMessageError:
         return InvalidMessageError("missing_field", f"{name} is null")
     if error["type"] == "literal_error" and isinstance(value, str):
         return InvalidMessageError("unknown_class", f"{name} {value[:40]!r} is not a CIFAR-10 class")
-    if error["type"] == "string_pattern_mismatch" and name == DATA:
+    if error["type"] == "string_pattern_mismatch" and name == wire.DATA:
         return InvalidMessageError("bad_base64", "Data is not valid base64")
     return InvalidMessageError("invalid_field", f"{name}: {error['msg']}")
 

@@ -19,18 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from iot_shared import wire_fields as wire
 from iot_shared.schema import ImageMessage, PredictionMessage
-from iot_shared.wire_fields import (
-    ATTACHMENT,
-    CONFIDENCE,
-    GROUND_TRUTH,
-    INFERRED_AT,
-    INFERRED_VALUE,
-    MODEL,
-    PRODUCED_AT,
-    SOURCE,
-    STORED_AT,
-)
 
 Document = dict[str, Any]
 
@@ -47,18 +37,18 @@ class Update:
         """Gather the message's fields; within a batch too, the first message wins."""
         if isinstance(message, ImageMessage):
             fields = {
-                GROUND_TRUTH: message.ground_truth,
-                PRODUCED_AT: message.produced_at,
-                SOURCE: message.source,
+                wire.GROUND_TRUTH: message.ground_truth,
+                wire.PRODUCED_AT: message.produced_at,
+                wire.SOURCE: message.source,
             }
             if self.png is None:
                 self.png = message.png
         else:
             fields = {
-                INFERRED_VALUE: message.inferred_value,
-                CONFIDENCE: message.confidence,
-                MODEL: message.model,
-                INFERRED_AT: message.inferred_at,
+                wire.INFERRED_VALUE: message.inferred_value,
+                wire.CONFIDENCE: message.confidence,
+                wire.MODEL: message.model,
+                wire.INFERRED_AT: message.inferred_at,
             }
         for name, value in fields.items():
             self.fields.setdefault(name, value)
@@ -72,7 +62,11 @@ def group_by_id(messages: Iterable[ImageMessage | PredictionMessage]) -> dict[st
 
 
 def is_complete(doc: Document) -> bool:
-    return GROUND_TRUTH in doc and INFERRED_VALUE in doc and ATTACHMENT in doc.get("_attachments", {})
+    return (
+        wire.GROUND_TRUTH in doc
+        and wire.INFERRED_VALUE in doc
+        and wire.ATTACHMENT in doc.get("_attachments", {})
+    )
 
 
 def merge(existing: Document | None, update: Update, stored_at: float) -> Document | None:
@@ -87,8 +81,8 @@ def merge(existing: Document | None, update: Update, stored_at: float) -> Docume
             doc[name] = value
             changed = True
     attachments = dict(doc.get("_attachments", {}))
-    if update.png is not None and ATTACHMENT not in attachments:
-        attachments[ATTACHMENT] = {
+    if update.png is not None and wire.ATTACHMENT not in attachments:
+        attachments[wire.ATTACHMENT] = {
             "content_type": "image/png",
             "data": base64.b64encode(update.png).decode("ascii"),
         }
@@ -97,7 +91,7 @@ def merge(existing: Document | None, update: Update, stored_at: float) -> Docume
         return None
     if attachments:
         doc["_attachments"] = attachments  # existing ones stay as stubs: CouchDB keeps their data
-    doc[STORED_AT] = stored_at
+    doc[wire.STORED_AT] = stored_at
     return doc
 
 
@@ -124,5 +118,5 @@ def merge_revisions(winner: Document, others: Iterable[Document], stored_at: flo
         return None
     if attachments:
         doc["_attachments"] = attachments
-    doc[STORED_AT] = stored_at
+    doc[wire.STORED_AT] = stored_at
     return doc
