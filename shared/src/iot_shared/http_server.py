@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -16,6 +17,7 @@ from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from iot_shared.errors import ConfigError
+from iot_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,19 @@ def serve_http(port: int, ready: Readiness, host: str) -> WSGIServer | None:
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
     return server
+
+
+@contextmanager
+def open_port(settings: ServiceSettings, doing: str) -> Iterator[Probe]:
+    """Serve the service's port for the with-block, first thing: /readyz says `doing` until the
+    service has its probe follow its own check."""
+    probe = Probe(doing)
+    server = serve_http(settings.metrics_port, probe, settings.metrics_address)
+    try:
+        yield probe
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 def _text(start_response: Callable[..., Any], status: str, body: str) -> Iterable[bytes]:

@@ -14,7 +14,7 @@ from iot_producer import cifar
 from iot_producer.runs import Run, open_run
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DataError, DeliveryError
-from iot_shared.http_server import Probe, serve_http
+from iot_shared.http_server import Probe, open_port
 from iot_shared.kafka import as_text
 from iot_shared.lifecycle import StopFlag
 from iot_shared.publisher import Publisher, Undelivered
@@ -60,13 +60,8 @@ def load_dataset(settings: ProducerSettings) -> cifar.Dataset:
 
 
 def run(settings: ProducerSettings, stop: StopFlag) -> int:
-    probe = Probe("loading CIFAR-10")
-    server = serve_http(settings.metrics_port, probe, settings.metrics_address)
-    try:
+    with open_port(settings, "loading CIFAR-10") as probe:
         return publish_run(settings, stop, probe)
-    finally:
-        if server is not None:
-            server.shutdown()
 
 
 def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe) -> int:
