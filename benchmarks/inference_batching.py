@@ -15,7 +15,7 @@ from pathlib import Path
 from iot_inference.classifier import Classifier
 from iot_inference.model import load_resnet20
 from iot_producer.cifar import load_split
-from iot_shared.schema import Pixels
+from iot_shared.png import Pixels
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared"

@@ -27,6 +27,7 @@ from iot_shared.kafka import ensure_topics
 from iot_shared.schema import ImageMessage
 from iot_shared.settings import ServiceSettings
 from iot_sink.couch_setup import prepare_database
+from iot_sink.documents import is_complete
 from testbed.paths import CIFAR_DIR, WEIGHTS
 from testbed.waiting import wait_for
 
@@ -314,10 +315,6 @@ def random_images(n: int) -> list[ImageMessage]:
         )
         for _ in range(n)
     ]
-
-
-def is_complete(doc: dict[str, Any]) -> bool:
-    return "GroundTruth" in doc and "InferredValue" in doc and "image.png" in doc.get("_attachments", {})
 
 
 def _extend(acc: list[Any], batch: list[Any]) -> list[Any]:

@@ -17,6 +17,7 @@ from benchmarks.baseline.settings import BaselineSettings
 from iot_inference.classifier import to_tensor
 from iot_inference.model import load_resnet20
 from iot_shared.schema import CLASSES, MODEL_NAME
+from iot_shared.wire_fields import CONFIDENCE, DATA, ID, INFERRED_AT, INFERRED_VALUE, MODEL
 
 
 def main() -> int:
@@ -31,18 +32,18 @@ def main() -> int:
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks=1)
     for record in consumer:
         image = json.loads(record.value)
-        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(image["Data"]))).convert("RGB"))
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(image[DATA]))).convert("RGB"))
         with torch.no_grad():
             probs = torch.softmax(model(to_tensor([pixels])), dim=1)[0]
         index = int(probs.argmax())
         prediction = {
-            "ID": image["ID"],
-            "InferredValue": CLASSES[index],
-            "Confidence": float(probs[index]),
-            "Model": MODEL_NAME,
-            "InferredAt": time.time(),
+            ID: image[ID],
+            INFERRED_VALUE: CLASSES[index],
+            CONFIDENCE: float(probs[index]),
+            MODEL: MODEL_NAME,
+            INFERRED_AT: time.time(),
         }
-        producer.send(settings.predictions_topic, json.dumps(prediction).encode(), key=image["ID"].encode())
+        producer.send(settings.predictions_topic, json.dumps(prediction).encode(), key=image[ID].encode())
         producer.flush()
     return 0
 

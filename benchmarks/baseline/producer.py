@@ -15,6 +15,7 @@ from PIL import Image
 
 from benchmarks.baseline.settings import BaselineSettings
 from iot_producer.cifar import load_split
+from iot_shared.wire_fields import DATA, GROUND_TRUTH, ID, PRODUCED_AT, SOURCE
 
 
 def png_base64(pixels: Any) -> str:
@@ -32,11 +33,11 @@ def main() -> int:
         index = i % len(dataset)
         image_id = str(uuid.uuid4())
         message = {
-            "ID": image_id,
-            "GroundTruth": dataset.class_name(index),
-            "Data": png_base64(dataset.images[index]),
-            "ProducedAt": time.time(),
-            "Source": settings.source,
+            ID: image_id,
+            GROUND_TRUTH: dataset.class_name(index),
+            DATA: png_base64(dataset.images[index]),
+            PRODUCED_AT: time.time(),
+            SOURCE: settings.source,
         }
         producer.send(settings.images_topic, json.dumps(message).encode(), key=image_id.encode())
         producer.flush()  # the seed waited for every single message

@@ -11,9 +11,10 @@ import requests
 from kafka import KafkaConsumer  # type: ignore[import-untyped]
 
 from benchmarks.baseline.settings import BaselineSettings
+from iot_shared import wire_fields as wire
 
-IMAGE_FIELDS = ("GroundTruth", "ProducedAt", "Source")
-PREDICTION_FIELDS = ("InferredValue", "Confidence", "Model", "InferredAt")
+IMAGE_FIELDS = (wire.GROUND_TRUTH, wire.PRODUCED_AT, wire.SOURCE)
+PREDICTION_FIELDS = (wire.INFERRED_VALUE, wire.CONFIDENCE, wire.MODEL, wire.INFERRED_AT)
 
 
 def merge(doc: dict[str, Any], message: dict[str, Any], is_image: bool) -> None:
@@ -21,16 +22,16 @@ def merge(doc: dict[str, Any], message: dict[str, Any], is_image: bool) -> None:
         doc[name] = message[name]
     if is_image:
         attachments = doc.setdefault("_attachments", {})
-        attachments["image.png"] = {"content_type": "image/png", "data": message["Data"]}
-    doc["StoredAt"] = time.time()
+        attachments[wire.ATTACHMENT] = {"content_type": "image/png", "data": message[wire.DATA]}
+    doc[wire.STORED_AT] = time.time()
 
 
 def store(settings: BaselineSettings, message: dict[str, Any], is_image: bool) -> None:
-    url = f"{settings.couchdb_url}/{settings.couchdb_db}/{message['ID']}"
+    url = f"{settings.couchdb_url}/{settings.couchdb_db}/{message[wire.ID]}"
     auth = (settings.couchdb_user, settings.couchdb_password)
     while True:  # a 409 means someone wrote in between: read again
         found = requests.get(url, auth=auth, timeout=30)
-        doc = found.json() if found.status_code == 200 else {"_id": message["ID"]}
+        doc = found.json() if found.status_code == 200 else {"_id": message[wire.ID]}
         merge(doc, message, is_image)
         written = requests.put(url, json=doc, auth=auth, timeout=30)
         if written.status_code != 409:

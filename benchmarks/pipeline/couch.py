@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from testbed.harness import Stack, is_complete
+from iot_shared.wire_fields import SOURCE
+from iot_sink.documents import is_complete
+from testbed.harness import Stack
 
 PAGE = 2_000
 
@@ -36,7 +38,7 @@ class DocumentFollower:
             for change in body["results"]:
                 doc = change.get("doc")
                 if doc and not change.get("deleted") and is_complete(doc):
-                    self._complete[str(doc.get("Source"))][doc["_id"]] = doc
+                    self._complete[str(doc.get(SOURCE))][doc["_id"]] = doc
             self._since = body["last_seq"]
             if len(body["results"]) < PAGE:
                 return

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from iot_shared.wire_fields import ID, INFERRED_AT
+
 
 def _reader(bootstrap: str) -> Consumer:
     return Consumer(
@@ -76,7 +78,7 @@ class PredictionReader:
             value = msg.value()
             if msg.error() is None and value:
                 prediction = json.loads(value)
-                self.inferred_at.setdefault(prediction["ID"], float(prediction["InferredAt"]))
+                self.inferred_at.setdefault(prediction[ID], float(prediction[INFERRED_AT]))
         return len(self.inferred_at)
 
     def close(self) -> None:

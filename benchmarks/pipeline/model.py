@@ -14,7 +14,7 @@ from iot_inference import app as inference_app
 from iot_inference.classifier import Classifier
 from iot_inference.model import load_resnet20
 from iot_inference.settings import InferenceSettings
-from iot_shared.schema import Pixels
+from iot_shared.png import Pixels
 
 # torch's own choice, read before anything here changes it.
 TORCH_DEFAULT_THREADS = torch.get_num_threads()

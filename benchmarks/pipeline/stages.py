@@ -14,6 +14,7 @@ from benchmarks.pipeline.results import BatchSizes, Latency, Throughput, Usage
 from benchmarks.pipeline.service_metrics import batch_size_snapshot, batch_sizes
 from benchmarks.pipeline.timing import batch_interval_rate, latency, span_rate
 from benchmarks.pipeline.usage import UsageSampler
+from iot_shared.wire_fields import INFERRED_AT, PRODUCED_AT, STORED_AT
 from testbed.harness import Pipeline, Service
 
 FILL_SOURCE = "bench-stages"
@@ -101,7 +102,7 @@ def sink_stage(bench: Bench, pipe: Pipeline, n: int) -> tuple[Throughput, Usage]
         bench.wait_documents(follower, FILL_SOURCE, n, phase, pipe)
         usage = sampler.stop()
     service.stop()
-    stored = [float(doc["StoredAt"]) for doc in follower.complete(FILL_SOURCE)]
+    stored = [float(doc[STORED_AT]) for doc in follower.complete(FILL_SOURCE)]
     return batch_interval_rate("sink stage", stored, joined), usage
 
 
@@ -195,7 +196,7 @@ class Stamps:
 
     @classmethod
     def of(cls, docs: list[dict[str, Any]]) -> Stamps:
-        return cls(*([float(d[name]) for d in docs] for name in ("ProducedAt", "InferredAt", "StoredAt")))
+        return cls(*([float(d[name]) for d in docs] for name in (PRODUCED_AT, INFERRED_AT, STORED_AT)))
 
     def latency(self, rate: float) -> Latency:
         return latency(rate, self.produced, self.inferred, self.stored)

@@ -605,6 +605,8 @@ def test_services_use_the_broker_and_couchdb_addresses(
 ) -> None:
     public, _ = service_env(rendered, inventory, name)
     assert public["IOT_KAFKA_BOOTSTRAP_SERVERS"] == f"{inventory.address('broker')}:9092"
+    # Its metrics and health port on the VM's own address only, not on every interface.
+    assert public["IOT_METRICS_ADDRESS"] == inventory.address(name)
     if name == "sink":
         # CouchDB's own TLS port, checked against the deployment's CA.
         assert public["IOT_COUCHDB_URL"] == f"https://{inventory.address('couchdb')}:6984"

@@ -28,7 +28,7 @@ from iot_inference.model import WEIGHTS_FILE, WEIGHTS_SHA256, WEIGHTS_URL
 from iot_inference.settings import InferenceSettings
 from iot_producer.cifar import ARCHIVE_MD5, ARCHIVE_URL, load_split
 from iot_producer.settings import ProducerSettings
-from iot_shared.metrics import serve_http
+from iot_shared.http_server import serve_http
 from iot_shared.settings import ServiceSettings, env_name
 from iot_sink.settings import SinkSettings
 from testbed.paths import REPO

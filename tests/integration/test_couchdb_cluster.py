@@ -15,8 +15,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from iot_shared.schema import PredictionMessage
-from iot_sink.documents import group_by_id, merge
-from testbed.harness import Pipeline, Stack, is_complete, random_images
+from iot_sink.documents import group_by_id, is_complete, merge
+from testbed.harness import Pipeline, Stack, random_images
 from testbed.ports import free_port
 from testbed.private_stack import PrivateCouch, private_couch
 from testbed.waiting import wait_for

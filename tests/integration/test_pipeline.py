@@ -9,7 +9,8 @@ import uuid
 
 import numpy as np
 
-from iot_shared.schema import CLASSES, ImageMessage, PredictionMessage, png_to_pixels
+from iot_shared.png import png_to_pixels
+from iot_shared.schema import CLASSES, ImageMessage, PredictionMessage
 from testbed.harness import Pipeline, wait_for
 from testbed.paths import EXPECTED_ACCURACY
 from testbed.ports import free_port

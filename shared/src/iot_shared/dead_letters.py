@@ -7,6 +7,7 @@ import logging
 from confluent_kafka import Message
 
 from iot_shared.errors import DLQ_REASONS, InvalidMessageError
+from iot_shared.kafka import as_text
 from iot_shared.metrics import DEAD_LETTERS
 from iot_shared.publisher import Headers, Publisher
 
@@ -49,6 +50,6 @@ class DeadLetters:
         self._publisher.send(
             self._topic,
             value=value,
-            key=key.decode("utf-8", "replace") if key else None,
+            key=as_text(key) or None,
             headers=headers,
         )

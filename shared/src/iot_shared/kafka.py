@@ -1,5 +1,5 @@
-"""Kafka basics shared by every client: the config every client starts from, record positions,
-and topic creation. `publisher`, `consumer` and `batch_loop` build on it.
+"""Kafka basics shared by every client: the config every client starts from, record positions
+and keys, and topic creation. `publisher`, `consumer` and `batch_loop` build on it.
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ def position(msg: Message) -> tuple[str, int, int]:
     if topic is None or partition is None or offset is None:
         raise ValueError("not a consumed record")
     return topic, partition, offset
+
+
+def as_text(value: str | bytes | None) -> str:
+    """A record's key or header value for logs and reports: bytes read as UTF-8 (what is not
+    shows as U+FFFD), None as ""."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value or ""
 
 
 class MissingTopicsError(PipelineError):

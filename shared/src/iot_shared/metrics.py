@@ -1,4 +1,4 @@
-"""Metrics shared by every service, and the one HTTP port serving /metrics, /healthz and /readyz.
+"""Metrics shared by every service (`http_server` serves them on /metrics).
 
 Names follow Prometheus practice: prefix `iot_`, base units, counters end in `_total`.
 Service-specific metrics live in each service's own `metrics.py`.
@@ -7,18 +7,9 @@ Service-specific metrics live in each service's own `metrics.py`.
 from __future__ import annotations
 
 import json
-import logging
-import threading
-from collections.abc import Callable, Container, Iterable
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from collections.abc import Container
 
-from prometheus_client import REGISTRY, Counter, Gauge, Info, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
-
-from iot_shared.errors import ConfigError
-
-log = logging.getLogger(__name__)
+from prometheus_client import Counter, Gauge, Info
 
 BUILD_INFO = Info("iot_build", "Version of the running service and the model it serves")
 CONSUMER_LAG = Gauge(
@@ -68,67 +59,6 @@ LATENCY_BUCKETS = (
     0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-Readiness = Callable[[], tuple[bool, str]]
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-class PortTakenError(ConfigError):
-    """The metrics port cannot be served (taken, or not ours to bind): a bad setting, exit 2."""
-
-
-class Probe:
-    """/readyz of a service that opens its port first, so a taken port fails at once: not ready,
-    saying what it is doing, until `follow` hands it the running service's own check."""
-
-    def __init__(self, doing: str) -> None:
-        self._check: Readiness
-        self.doing(doing)
-
-    def doing(self, what: str) -> None:
-        self._check = lambda: (False, what)
-
-    def follow(self, check: Readiness) -> None:
-        self._check = check
-
-    def __call__(self) -> tuple[bool, str]:
-        return self._check()
-
-
-def health_app(ready: Readiness) -> WsgiApp:
-    metrics_app = make_wsgi_app(REGISTRY)
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/healthz":
-            return _text(start_response, "200 OK", "ok\n")
-        if path == "/readyz":
-            ok, detail = ready()
-            return _text(start_response, "200 OK" if ok else "503 Service Unavailable", detail + "\n")
-        if path == "/metrics":
-            body: Iterable[bytes] = metrics_app(environ, start_response)
-            return body
-        return _text(start_response, "404 Not Found", "try /metrics, /healthz or /readyz\n")
-
-    return app
-
-
-def serve_http(port: int, ready: Readiness, host: str = "0.0.0.0") -> WSGIServer | None:  # noqa: S104
-    """Serve /metrics, /healthz, /readyz on `port` from a daemon thread; port 0 turns it off."""
-    if port == 0:
-        return None
-    try:
-        server = make_server(
-            host, port, health_app(ready), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
-        )
-    except OSError as exc:
-        raise PortTakenError(
-            f"IOT_METRICS_PORT={port}: cannot serve on {host}:{port} ({exc.strerror or exc}); "
-            "choose a free port, or 0 to turn it off"
-        ) from None
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
-    return server
-
 
 def record_consumer_stats(service: str, stats_json: str, assigned: Container[tuple[str, int]]) -> None:
     """librdkafka `stats_cb`: export the consumer lag of each partition assigned to this member.
@@ -144,13 +74,3 @@ def record_consumer_stats(service: str, stats_json: str, assigned: Container[tup
             if partition == "-1" or lag < 0 or (topic, int(partition)) not in assigned:
                 continue
             CONSUMER_LAG.labels(service, topic, partition).set(lag)
-
-
-def _text(start_response: Callable[..., Any], status: str, body: str) -> Iterable[bytes]:
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-    return [body.encode()]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes every few seconds would drown the service log."""

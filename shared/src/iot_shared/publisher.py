@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from iot_shared.kafka import base_config
+from iot_shared.kafka import as_text, base_config
 from iot_shared.metrics import DELIVERED, DELIVERY_FAILURES
 from iot_shared.settings import ServiceSettings
 
@@ -89,8 +89,10 @@ class Undelivered:
     attempts: int
 
     def __str__(self) -> str:
-        key = self.key.decode("utf-8", "replace") if isinstance(self.key, bytes) else self.key
-        return f"{self.topic}/{key}: {self.error.name()} ({self.error.str()}) after {self.attempts} attempts"
+        return (
+            f"{self.topic}/{as_text(self.key)}: {self.error.name()} ({self.error.str()}) "
+            f"after {self.attempts} attempts"
+        )
 
 
 class ProducerClient(Protocol):

@@ -4,28 +4,25 @@
 `PredictionMessage` are what the services handle. Decoding is strict and bounded: for any input it
 returns a valid message or raises `InvalidMessageError` with one of the fixed `DlqReason`s, so
 services can dead-letter it and go on. Each step is made safe on its own (size before parsing,
-parsing before validation, the PNG header before any pixel) rather than by catching everything.
+parsing before validation, the PNG header before any pixel: see `png`) rather than by catching
+everything.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
-import struct
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-import numpy as np
-import numpy.typing as npt
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from pydantic_core import ErrorDetails
 
+from iot_shared import wire_fields as wire
 from iot_shared.errors import InvalidMessageError
+from iot_shared.png import Pixels, check_png_header, pixels_to_png, png_to_pixels
 
 ClassName = Literal[
     "airplane",
@@ -40,7 +37,6 @@ ClassName = Literal[
     "truck",
 ]
 CLASSES: tuple[str, ...] = get_args(ClassName)  # in CIFAR-10 label order
-IMAGE_SIZE = 32
 MODEL_NAME = "cifar10_resnet20"
 
 # A valid image message is about 4 KB; anything far larger is refused before it is parsed.
@@ -51,12 +47,6 @@ MAX_DATA_CHARS = 4 * -(-MAX_PNG_BYTES // 3)  # base64 of MAX_PNG_BYTES
 MAX_NAME_CHARS = 256  # Source and Model
 # Standard base64 as encoders write it, padded to groups of 4: b64decode(validate=True) takes all of it.
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
-
-# PIL's guard against decompression bombs, shrunk to our one image size. The PNG header is checked
-# before PIL sees the image, so this only backs that check up.
-Image.MAX_IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-
-Pixels = npt.NDArray[np.uint8]  # (32, 32, 3) RGB, HWC
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # no bools, no numeric strings
 Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
@@ -71,23 +61,23 @@ class _Wire(BaseModel):
 class ImageWire(_Wire):
     """`iot-topic` on the wire."""
 
-    id: uuid.UUID = Field(alias="ID", description="the image's ID (any UUID version)")
-    ground_truth: ClassName = Field(alias="GroundTruth", description="CIFAR-10 class name")
-    data: Base64Png = Field(alias="Data", description="base64 of a 32x32 RGB PNG")
-    produced_at: FiniteFloat = Field(alias="ProducedAt", description="Unix epoch seconds when sent")
-    source: Name = Field(alias="Source", description="producer ID")
+    id: uuid.UUID = Field(alias=wire.ID, description="the image's ID (any UUID version)")
+    ground_truth: ClassName = Field(alias=wire.GROUND_TRUTH, description="CIFAR-10 class name")
+    data: Base64Png = Field(alias=wire.DATA, description="base64 of a 32x32 RGB PNG")
+    produced_at: FiniteFloat = Field(alias=wire.PRODUCED_AT, description="Unix epoch seconds when sent")
+    source: Name = Field(alias=wire.SOURCE, description="producer ID")
 
 
 class PredictionWire(_Wire):
     """`iot-predictions` on the wire."""
 
-    id: uuid.UUID = Field(alias="ID", description="the image's ID")
-    inferred_value: ClassName = Field(alias="InferredValue", description="predicted class name")
+    id: uuid.UUID = Field(alias=wire.ID, description="the image's ID")
+    inferred_value: ClassName = Field(alias=wire.INFERRED_VALUE, description="predicted class name")
     confidence: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] = Field(
-        alias="Confidence", description="softmax probability of that class"
+        alias=wire.CONFIDENCE, description="softmax probability of that class"
     )
-    model: Name = Field(alias="Model", description="the model's name")
-    inferred_at: FiniteFloat = Field(alias="InferredAt", description="Unix epoch seconds")
+    model: Name = Field(alias=wire.MODEL, description="the model's name")
+    inferred_at: FiniteFloat = Field(alias=wire.INFERRED_AT, description="Unix epoch seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +101,11 @@ class ImageMessage:
     def encode(self) -> bytes:
         return _dump(
             {
-                "ID": self.id,
-                "GroundTruth": self.ground_truth,
-                "Data": base64.b64encode(self.png).decode("ascii"),
-                "ProducedAt": self.produced_at,
-                "Source": self.source,
+                wire.ID: self.id,
+                wire.GROUND_TRUTH: self.ground_truth,
+                wire.DATA: base64.b64encode(self.png).decode("ascii"),
+                wire.PRODUCED_AT: self.produced_at,
+                wire.SOURCE: self.source,
             }
         )
 
@@ -145,11 +135,11 @@ class PredictionMessage:
     def encode(self) -> bytes:
         return _dump(
             {
-                "ID": self.id,
-                "InferredValue": self.inferred_value,
-                "Confidence": self.confidence,
-                "Model": self.model,
-                "InferredAt": self.inferred_at,
+                wire.ID: self.id,
+                wire.INFERRED_VALUE: self.inferred_value,
+                wire.CONFIDENCE: self.confidence,
+                wire.MODEL: self.model,
+                wire.INFERRED_AT: self.inferred_at,
             }
         )
 
@@ -157,73 +147,6 @@ class PredictionMessage:
     def decode(cls, raw: bytes | None) -> PredictionMessage:
         wire = _validate(PredictionWire, raw)
         return cls(str(wire.id), wire.inferred_value, wire.confidence, wire.inferred_at, wire.model)
-
-
-def pixels_to_png(pixels: Pixels) -> bytes:
-    """Lossless PNG of one 32x32 RGB image."""
-    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or pixels.dtype != np.uint8:
-        raise ValueError(f"expected a (32, 32, 3) uint8 array, got {pixels.shape} {pixels.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The first chunk: length, type, width, height, bit depth, colour type, compression, filter,
-# interlace, CRC.
-_IHDR = struct.Struct(">I4sIIBBBBBI")
-_RGB = 2  # PNG colour type
-
-
-def check_png_header(png: bytes) -> None:
-    """Refuse anything but a 32x32 8-bit RGB PNG from its header alone: no pixel is decoded."""
-    if not png.startswith(PNG_SIGNATURE):
-        raise InvalidMessageError("bad_image", "not a PNG")
-    if len(png) < len(PNG_SIGNATURE) + _IHDR.size:
-        raise InvalidMessageError("bad_image", "PNG header is truncated")
-    length, kind, width, height, depth, colour, compression, filter_, interlace, crc = _IHDR.unpack_from(
-        png, len(PNG_SIGNATURE)
-    )
-    if length != 13 or kind != b"IHDR" or zlib.crc32(png[12:29]) != crc:  # CRC of type and data
-        raise InvalidMessageError("bad_image", "PNG has no valid IHDR chunk first")
-    if (width, height, depth, colour) != (IMAGE_SIZE, IMAGE_SIZE, 8, _RGB):
-        raise InvalidMessageError(
-            "bad_image",
-            f"expected a 32x32 8-bit RGB PNG, the header declares {width}x{height}, "
-            f"bit depth {depth}, colour type {colour}",
-        )
-    if compression != 0 or filter_ != 0 or interlace not in (0, 1):
-        raise InvalidMessageError("bad_image", "PNG header has an unknown compression, filter or interlace")
-
-
-# What PIL raises on a broken PNG: its decoders report OSError (truncated or corrupt data), its chunk
-# parsers SyntaxError, EOFError, ValueError or struct.error.
-_PIL_ERRORS = (
-    OSError,
-    SyntaxError,
-    EOFError,
-    ValueError,
-    struct.error,
-    zlib.error,
-    Image.DecompressionBombError,
-)
-
-
-def png_to_pixels(png: bytes) -> Pixels:
-    """Decode a PNG that must be 32x32 RGB; anything else is `bad_image`."""
-    check_png_header(png)
-    try:
-        with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
-            if img.size != (IMAGE_SIZE, IMAGE_SIZE) or img.mode != "RGB":  # as the header said
-                raise InvalidMessageError("bad_image", f"PIL reads {img.size} {img.mode}")
-            pixels = np.asarray(img, dtype=np.uint8)
-    except _PIL_ERRORS as exc:
-        raise InvalidMessageError(
-            "bad_image", f"cannot decode the PNG: {type(exc).__name__}: {exc}"
-        ) from None
-    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise InvalidMessageError("bad_image", f"decoded to {pixels.shape}, not (32, 32, 3)")
-    return pixels.copy()
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
@@ -275,7 +198,7 @@ def _contract_error(error: ErrorDetails) -> InvalidMessageError:
         return InvalidMessageError("missing_field", f"{name} is null")
     if error["type"] == "literal_error" and isinstance(value, str):
         return InvalidMessageError("unknown_class", f"{name} {value[:40]!r} is not a CIFAR-10 class")
-    if error["type"] == "string_pattern_mismatch" and name == "Data":
+    if error["type"] == "string_pattern_mismatch" and name == wire.DATA:
         return InvalidMessageError("bad_base64", "Data is not valid base64")
     return InvalidMessageError("invalid_field", f"{name}: {error['msg']}")
 

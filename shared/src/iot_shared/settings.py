@@ -64,6 +64,11 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(
         8000, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )
+    metrics_address: str = Field(
+        "0.0.0.0",  # noqa: S104  # every interface, so Compose's other containers reach it
+        min_length=1,
+        description="Address /metrics, /healthz, /readyz listen on (0.0.0.0 = every interface)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
 
     @model_validator(mode="after")

@@ -5,8 +5,8 @@ import urllib.request
 
 import pytest
 
-from iot_shared.healthcheck import main
-from iot_shared.metrics import Probe, serve_http
+from iot_shared.healthcheck import main, probe_url
+from iot_shared.http_server import Probe, serve_http
 from testbed.ports import free_port
 
 
@@ -24,6 +24,36 @@ def test_healthcheck_exit_code_follows_the_endpoint(
         assert main([path]) == code
     finally:
         server.shutdown()
+
+
+def test_healthcheck_reaches_a_service_bound_to_one_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 127.0.0.2 stands for the host's own address (Ansible's iot_address): 127.0.0.1 does not answer.
+    port = free_port()
+    server = serve_http(port, lambda: (True, "consuming"), host="127.0.0.2")
+    assert server is not None
+    monkeypatch.setenv("IOT_METRICS_PORT", str(port))
+    try:
+        monkeypatch.setenv("IOT_METRICS_ADDRESS", "127.0.0.1")
+        assert main([]) == 1
+        monkeypatch.setenv("IOT_METRICS_ADDRESS", "127.0.0.2")
+        assert main([]) == 0
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        (None, "http://127.0.0.1:8003/readyz"),
+        ("0.0.0.0", "http://127.0.0.1:8003/readyz"),  # noqa: S104
+        ("::", "http://[::1]:8003/readyz"),
+        ("10.0.0.5", "http://10.0.0.5:8003/readyz"),
+        ("fd00::5", "http://[fd00::5]:8003/readyz"),
+    ],
+)
+def test_probe_url_calls_the_address_the_service_listens_on(address: str | None, url: str) -> None:
+    environ = {"IOT_METRICS_PORT": "8003"} | ({} if address is None else {"IOT_METRICS_ADDRESS": address})
+    assert probe_url("/readyz", environ) == url
 
 
 def test_healthcheck_fails_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:

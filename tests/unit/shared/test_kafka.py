@@ -9,7 +9,7 @@ import time
 import pytest
 from confluent_kafka import Consumer
 
-from iot_shared.kafka import base_config, wait_for_topics
+from iot_shared.kafka import as_text, base_config, wait_for_topics
 from iot_shared.lifecycle import StopFlag
 from iot_shared.logs import LIBRDKAFKA
 from iot_shared.settings import ServiceSettings
@@ -54,3 +54,9 @@ def test_a_consumer_serves_librdkafka_lines_from_consume(caplog: pytest.LogCaptu
         consumer.close()
     lines = librdkafka_lines(caplog, "iot-logtest")
     assert len(lines) <= AT_MOST, [r.getMessage() for r in lines]
+
+
+def test_keys_and_header_values_read_as_text_whatever_they_hold() -> None:
+    assert as_text(b"9f1c") == as_text("9f1c") == "9f1c"
+    assert as_text(b"bad\xff") == "bad\ufffd"
+    assert as_text(None) == ""

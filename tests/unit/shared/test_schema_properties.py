@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from iot_shared.errors import DLQ_REASONS, InvalidMessageError
+from iot_shared.png import IMAGE_SIZE
 from iot_shared.schema import (
     BASE64_PATTERN,
     CLASSES,
-    IMAGE_SIZE,
     ImageMessage,
     PredictionMessage,
 )

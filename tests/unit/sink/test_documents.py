@@ -7,7 +7,8 @@ import uuid
 import numpy as np
 
 from iot_shared.schema import ImageMessage, PredictionMessage
-from iot_sink.documents import ATTACHMENT, group_by_id, is_complete, merge, merge_revisions
+from iot_shared.wire_fields import ATTACHMENT
+from iot_sink.documents import group_by_id, is_complete, merge, merge_revisions
 
 ID = str(uuid.uuid4())
 PIXELS = np.zeros((32, 32, 3), dtype=np.uint8)

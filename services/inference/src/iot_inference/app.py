@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 
 import torch
 from confluent_kafka import Message
@@ -28,13 +27,14 @@ from iot_inference.metrics import (
 from iot_inference.model import load_resnet20
 from iot_inference.settings import InferenceSettings
 from iot_shared.batch_loop import BatchLoop
-from iot_shared.consumer import GroupMember, join_group
-from iot_shared.dead_letters import DeadLetters
-from iot_shared.kafka import wait_for_topics
+from iot_shared.consumer import GroupMember
+from iot_shared.http_server import open_port
 from iot_shared.lifecycle import StopFlag
-from iot_shared.metrics import BUILD_INFO, Probe, serve_http
+from iot_shared.metrics import BUILD_INFO
+from iot_shared.png import Pixels
 from iot_shared.publisher import Publisher
-from iot_shared.schema import MODEL_NAME, ImageMessage, Pixels, PredictionMessage
+from iot_shared.schema import MODEL_NAME, ImageMessage, PredictionMessage
+from iot_shared.service import loop_from_settings, run_consumer
 
 log = logging.getLogger("iot_inference")
 SERVICE = "inference"
@@ -94,35 +94,20 @@ def classification_loop(
             publisher.send(settings.predictions_topic, prediction.encode(), key=prediction.id)
             PREDICTIONS.labels(prediction.inferred_value).inc()
 
-    return BatchLoop(
-        member,
-        publisher,
-        DeadLetters(publisher, settings.dlq_topic, SERVICE),
-        decode=decode_image,
-        handle=publish_predictions,
-        max_batch=settings.max_batch,
-        max_fill_wait_seconds=settings.max_wait_ms / 1000,
-        latency_target_seconds=settings.latency_target_ms / 1000,
-        delivery_timeout_seconds=settings.delivery_timeout_seconds,
-    )
+    return loop_from_settings(settings, member, publisher, decode_image, publish_predictions)
 
 
 def run(settings: InferenceSettings, stop: StopFlag) -> int:
-    with ExitStack() as cleanup:
-        # Closed in reverse: leave the group, flush what is left, then stop serving.
-        probe = Probe("loading the model")
-        server = serve_http(settings.metrics_port, probe)
-        if server is not None:
-            cleanup.callback(server.shutdown)
+    with open_port(settings, "loading the model") as probe:
         classifier = load_classifier(settings)
-        probe.doing("waiting for Kafka")
-        wait_for_topics(settings, [settings.images_topic], stop, settings.startup_timeout_seconds)
-        publisher = Publisher(settings, SERVICE, [settings.predictions_topic, settings.dlq_topic])
-        cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
-        member = join_group(settings, SERVICE, [settings.images_topic])
-        cleanup.callback(member.close)
-        loop = classification_loop(settings, member, publisher, classifier)
-        probe.follow(loop.readiness)
         log.info("classifying %s -> %s", settings.images_topic, settings.predictions_topic)
-        loop.run(stop)
+        run_consumer(
+            settings,
+            stop,
+            probe,
+            SERVICE,
+            consumes=[settings.images_topic],
+            produces=[settings.predictions_topic],
+            build_loop=lambda member, publisher: classification_loop(settings, member, publisher, classifier),
+        )
     return 0

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from iot_inference.model import CifarResNet, fold_batch_norms
-from iot_shared.schema import CLASSES, Pixels
+from iot_shared.png import Pixels
+from iot_shared.schema import CLASSES
 
 # The published model's training normalization (chenyaofo, logs/cifar10/resnet20).
 MEAN = (0.4914, 0.4822, 0.4465)

@@ -14,8 +14,9 @@ from iot_producer import cifar
 from iot_producer.runs import Run, open_run
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DataError, DeliveryError
+from iot_shared.http_server import Probe, open_port
+from iot_shared.kafka import as_text
 from iot_shared.lifecycle import StopFlag
-from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher, Undelivered
 from iot_shared.run_plan import SPLIT_SIZES, image_id
 from iot_shared.schema import ImageMessage
@@ -59,13 +60,8 @@ def load_dataset(settings: ProducerSettings) -> cifar.Dataset:
 
 
 def run(settings: ProducerSettings, stop: StopFlag) -> int:
-    probe = Probe("loading CIFAR-10")
-    server = serve_http(settings.metrics_port, probe)
-    try:
+    with open_port(settings, "loading CIFAR-10") as probe:
         return publish_run(settings, stop, probe)
-    finally:
-        if server is not None:
-            server.shutdown()
 
 
 def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe) -> int:
@@ -119,11 +115,11 @@ def finish(current: Run, planned: int, sent: Sequence[str], undelivered: Sequenc
 
 def name_undelivered(current: Run, undelivered: Sequence[Undelivered]) -> str:
     """The first IDs and their errors; all of them written to a file when there are more."""
-    named = ", ".join(f"{_key(u)} ({u.error.name()})" for u in undelivered[:LISTED_IDS])
+    named = ", ".join(f"{as_text(u.key)} ({u.error.name()})" for u in undelivered[:LISTED_IDS])
     if len(undelivered) <= LISTED_IDS:
         return named
     more = f"{named} and {len(undelivered) - LISTED_IDS} more"
-    lines = "".join(f"{_key(u)}\t{u.error.name()}\t{u.error.str()}\n" for u in undelivered)
+    lines = "".join(f"{as_text(u.key)}\t{u.error.name()}\t{u.error.str()}\n" for u in undelivered)
     try:
         current.undelivered_file.parent.mkdir(parents=True, exist_ok=True)
         current.undelivered_file.write_text(lines, encoding="utf-8")
@@ -131,8 +127,3 @@ def name_undelivered(current: Run, undelivered: Sequence[Undelivered]) -> str:
         log.warning("cannot write the undelivered IDs to %s: %s", current.undelivered_file, exc)
         return more
     return f"{more} (all in {current.undelivered_file})"
-
-
-def _key(undelivered: Undelivered) -> str:
-    key = undelivered.key
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)

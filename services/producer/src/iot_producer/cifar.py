@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from iot_shared.errors import DataError
+from iot_shared.png import IMAGE_SIZE
 from iot_shared.run_plan import Split
-from iot_shared.schema import CLASSES, IMAGE_SIZE
+from iot_shared.schema import CLASSES
 
 log = logging.getLogger(__name__)
 

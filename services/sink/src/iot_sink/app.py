@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import ExitStack
-from typing import Any
 
 import requests
 from confluent_kafka import Message
@@ -18,15 +16,14 @@ from ibm_cloud_sdk_core import ApiException
 from ibmcloudant.cloudant_v1 import CloudantV1
 
 from iot_shared.batch_loop import BatchLoop, RetryLaterError
-from iot_shared.consumer import GroupMember, join_group
+from iot_shared.consumer import GroupMember
 from iot_shared.couch import make_client, ping
-from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import ConfigError, summary
-from iot_shared.kafka import wait_for_topics
+from iot_shared.http_server import Readiness, open_port
 from iot_shared.lifecycle import StopFlag, wait_until
-from iot_shared.metrics import Probe, serve_http
 from iot_shared.publisher import Publisher
 from iot_shared.schema import ImageMessage, PredictionMessage
+from iot_shared.service import loop_from_settings, run_consumer
 from iot_sink.conflicts import ConflictSweeper
 from iot_sink.documents import group_by_id
 from iot_sink.metrics import WRITE_RETRIES
@@ -104,48 +101,45 @@ def connect_couch(settings: SinkSettings, stop: StopFlag) -> CloudantV1:
 def storage_loop(
     settings: SinkSettings, member: GroupMember, publisher: Publisher, store: DocumentStore
 ) -> BatchLoop[ImageMessage | PredictionMessage]:
-    return BatchLoop(
+    return loop_from_settings(
+        settings,
         member,
         publisher,
-        DeadLetters(publisher, settings.dlq_topic, SERVICE),
         decode=message_decoder(settings.images_topic),
         handle=document_writer(store),
-        max_batch=settings.max_batch,
-        max_fill_wait_seconds=settings.max_wait_ms / 1000,
-        latency_target_seconds=settings.latency_target_ms / 1000,
         complete=pairs_complete(settings.images_topic, settings.predictions_topic),
-        delivery_timeout_seconds=settings.delivery_timeout_seconds,
     )
 
 
 def run(settings: SinkSettings, stop: StopFlag) -> int:
-    with ExitStack() as cleanup:
-        # Closed in reverse: leave the group, flush what is left, then stop serving.
-        probe = Probe("waiting for CouchDB")
-        server = serve_http(settings.metrics_port, probe)
-        if server is not None:
-            cleanup.callback(server.shutdown)
+    with open_port(settings, "waiting for CouchDB") as probe:
         client = connect_couch(settings, stop)
-        probe.doing("waiting for Kafka")
-        topics = [settings.images_topic, settings.predictions_topic]
-        wait_for_topics(settings, topics, stop, settings.startup_timeout_seconds)
-        publisher = Publisher(settings, SERVICE, [settings.dlq_topic])
-        cleanup.callback(publisher.flush, settings.delivery_timeout_seconds)
-        member = join_group(settings, SERVICE, topics)
-        cleanup.callback(member.close)
+        store = DocumentStore(client, settings.couchdb_db)
         sweeper = ConflictSweeper(client, settings.couchdb_db, settings.conflict_sweep_seconds)
-        loop = storage_loop(settings, member, publisher, DocumentStore(client, settings.couchdb_db))
-        probe.follow(lambda: _readiness(client, settings, loop))
+        topics = [settings.images_topic, settings.predictions_topic]
         log.info("storing %s into %s/%s", " + ".join(topics), settings.couchdb_url, settings.couchdb_db)
-        # Between batches, and when none come, now and then: conflicting revisions merged.
-        loop.run(stop, between=sweeper.sweep_if_due)
+        run_consumer(
+            settings,
+            stop,
+            probe,
+            SERVICE,
+            consumes=topics,
+            produces=[],
+            build_loop=lambda member, publisher: storage_loop(settings, member, publisher, store),
+            depends_on=couch_readiness(client, settings.couchdb_db),
+            # Between batches, and when none come, now and then: conflicting revisions merged.
+            between=sweeper.sweep_if_due,
+        )
         sweeper.sweep_if_due(force=True)  # what the last batches left, before the sink goes
     return 0
 
 
-def _readiness(client: CloudantV1, settings: SinkSettings, loop: BatchLoop[Any]) -> tuple[bool, str]:
-    try:
-        ping(client, settings.couchdb_db)
-    except COUCH_ERRORS as exc:
-        return False, f"couchdb not ready: {summary(exc)}"
-    return loop.readiness()
+def couch_readiness(client: CloudantV1, db: str) -> Readiness:
+    def ready() -> tuple[bool, str]:
+        try:
+            ping(client, db)
+        except COUCH_ERRORS as exc:
+            return False, f"couchdb not ready: {summary(exc)}"
+        return True, "couchdb answers"
+
+    return ready

@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from iot_shared import wire_fields as wire
 from iot_shared.schema import ImageMessage, PredictionMessage
 
-ATTACHMENT = "image.png"
 Document = dict[str, Any]
 
 
@@ -37,18 +37,18 @@ class Update:
         """Gather the message's fields; within a batch too, the first message wins."""
         if isinstance(message, ImageMessage):
             fields = {
-                "GroundTruth": message.ground_truth,
-                "ProducedAt": message.produced_at,
-                "Source": message.source,
+                wire.GROUND_TRUTH: message.ground_truth,
+                wire.PRODUCED_AT: message.produced_at,
+                wire.SOURCE: message.source,
             }
             if self.png is None:
                 self.png = message.png
         else:
             fields = {
-                "InferredValue": message.inferred_value,
-                "Confidence": message.confidence,
-                "Model": message.model,
-                "InferredAt": message.inferred_at,
+                wire.INFERRED_VALUE: message.inferred_value,
+                wire.CONFIDENCE: message.confidence,
+                wire.MODEL: message.model,
+                wire.INFERRED_AT: message.inferred_at,
             }
         for name, value in fields.items():
             self.fields.setdefault(name, value)
@@ -62,7 +62,11 @@ def group_by_id(messages: Iterable[ImageMessage | PredictionMessage]) -> dict[st
 
 
 def is_complete(doc: Document) -> bool:
-    return "GroundTruth" in doc and "InferredValue" in doc and ATTACHMENT in doc.get("_attachments", {})
+    return (
+        wire.GROUND_TRUTH in doc
+        and wire.INFERRED_VALUE in doc
+        and wire.ATTACHMENT in doc.get("_attachments", {})
+    )
 
 
 def merge(existing: Document | None, update: Update, stored_at: float) -> Document | None:
@@ -77,8 +81,8 @@ def merge(existing: Document | None, update: Update, stored_at: float) -> Docume
             doc[name] = value
             changed = True
     attachments = dict(doc.get("_attachments", {}))
-    if update.png is not None and ATTACHMENT not in attachments:
-        attachments[ATTACHMENT] = {
+    if update.png is not None and wire.ATTACHMENT not in attachments:
+        attachments[wire.ATTACHMENT] = {
             "content_type": "image/png",
             "data": base64.b64encode(update.png).decode("ascii"),
         }
@@ -87,7 +91,7 @@ def merge(existing: Document | None, update: Update, stored_at: float) -> Docume
         return None
     if attachments:
         doc["_attachments"] = attachments  # existing ones stay as stubs: CouchDB keeps their data
-    doc["StoredAt"] = stored_at
+    doc[wire.STORED_AT] = stored_at
     return doc
 
 
@@ -114,5 +118,5 @@ def merge_revisions(winner: Document, others: Iterable[Document], stored_at: flo
         return None
     if attachments:
         doc["_attachments"] = attachments
-    doc["StoredAt"] = stored_at
+    doc[wire.STORED_AT] = stored_at
     return doc

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from ibmcloudant.cloudant_v1 import CloudantV1
 
 from iot_shared.errors import PipelineError
+from iot_shared.wire_fields import CONFIDENCE, GROUND_TRUTH, INFERRED_VALUE, PRODUCED_AT, STORED_AT
 from iot_sink.documents import Document, Update, is_complete, merge
 from iot_sink.metrics import (
     CONFLICTS_RESOLVED,
@@ -142,8 +143,8 @@ def observe_completion(before: Document | None, after: Document) -> None:
     # CouchDB, so one that another sink completed is not counted again.
     if is_complete(after) and not (before and is_complete(before)):
         DOCUMENTS_COMPLETED.inc()
-        END_TO_END_SECONDS.observe(max(0.0, after["StoredAt"] - after["ProducedAt"]))
-        observe_scored(after["GroundTruth"], after["InferredValue"], after["Confidence"])
+        END_TO_END_SECONDS.observe(max(0.0, after[STORED_AT] - after[PRODUCED_AT]))
+        observe_scored(after[GROUND_TRUTH], after[INFERRED_VALUE], after[CONFIDENCE])
 
 
 def timed(operation: str, call: Callable[[], T]) -> T:

@@ -27,6 +27,7 @@ from ibm_cloud_sdk_core import ApiException
 from rich.console import Console
 
 from iot_shared.couch import make_client
+from iot_shared.kafka import as_text
 from iot_shared.service import EXIT_BAD_CONFIG, program_settings
 from iot_sink.audit.ledger import Ledger, RecordRef, Report
 from iot_sink.audit.readers import AuditError, ProgressBars, read_documents, read_topics
@@ -70,17 +71,11 @@ def read_records(settings: AuditSettings, ledger: Ledger, bar: ProgressBars) -> 
     def on_dead_letter(msg: Message) -> None:
         headers = msg.headers() or []
         pairs = headers.items() if isinstance(headers, dict) else headers
-        ledger.add_dead_letter({name: _text(value) for name, value in pairs})
+        ledger.add_dead_letter({name: as_text(value) for name, value in pairs})
 
     # The dead-letter topic last: its high watermark then covers what the services wrote for the rest.
     read_topics(settings, [settings.images_topic, settings.predictions_topic], on_record, bar)
     read_topics(settings, [settings.dlq_topic], on_dead_letter, bar, optional=[settings.dlq_topic])
-
-
-def _text(value: str | bytes | None) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value or ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,8 @@ from typing import Any
 
 from iot_shared.errors import InvalidMessageError
 from iot_shared.schema import ImageMessage, PredictionMessage
-from iot_sink.documents import ATTACHMENT, Document
+from iot_shared.wire_fields import ATTACHMENT, GROUND_TRUTH, INFERRED_AT, INFERRED_VALUE, PRODUCED_AT
+from iot_sink.documents import Document
 
 # Who must dead-letter a bad record of each topic: inference and sink both read the images topic.
 DEAD_LETTERED_BY = {"images": ("inference", "sink"), "predictions": ("sink",)}
@@ -169,8 +170,8 @@ class Ledger:
                 stored.extra.add(doc_id)
             return
         stored.seen.add(doc_id)
-        has_image = "GroundTruth" in doc and ATTACHMENT in doc.get("_attachments", {})
-        has_prediction = "InferredValue" in doc
+        has_image = GROUND_TRUTH in doc and ATTACHMENT in doc.get("_attachments", {})
+        has_prediction = INFERRED_VALUE in doc
         if not has_image:
             stored.missing_image.add(doc_id)
         if not has_prediction:
@@ -178,7 +179,7 @@ class Ledger:
         if has_image and has_prediction:
             stored.complete += 1
         expected = self.ground_truth.get(doc_id)  # unknown for a planned ID, without its record
-        if expected is not None and doc.get("GroundTruth", expected) != expected:
+        if expected is not None and doc.get(GROUND_TRUTH, expected) != expected:
             stored.mismatch.add(doc_id)
 
     @property
@@ -190,7 +191,7 @@ class Ledger:
         """With --since, a document of an image sent before that time is not ours to judge."""
         if self.since is None:
             return False
-        sent = doc.get("ProducedAt", doc.get("InferredAt"))
+        sent = doc.get(PRODUCED_AT, doc.get(INFERRED_AT))
         return isinstance(sent, int | float) and sent < self.since
 
     def report(self, db: str, list_limit: int = 20) -> Report:
