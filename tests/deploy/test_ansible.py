@@ -603,6 +603,20 @@ def service_env(rendered: Render, inventory: Inventory, name: str) -> tuple[dict
     return public, secret
 
 
+def test_readiness_waits_ask_the_services_where_they_listen() -> None:
+    """The services' port listens on the VM's own address (IOT_METRICS_ADDRESS), not on
+    loopback: a wait that asks 127.0.0.1 never gets an answer and stops the deployment."""
+    waits = [
+        task["ansible.builtin.uri"]["url"]
+        for play in yaml.safe_load(SITE.read_text())
+        for task in play.get("pre_tasks", []) + play.get("tasks", [])
+        if "ansible.builtin.uri" in task and "readyz" in task["ansible.builtin.uri"]["url"]
+    ]
+    defaults = yaml.safe_load((ANSIBLE / "roles/service/defaults/main.yml").read_text())
+    waits.append(defaults["service_ready_url"])
+    assert len(waits) >= 2 and all("iot_address" in url and "127.0.0.1" not in url for url in waits), waits
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_services_use_the_broker_and_couchdb_addresses(
     rendered: Render, inventory: Inventory, name: str
