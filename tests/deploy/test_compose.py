@@ -622,6 +622,16 @@ def test_make_up_passes_real_passwords_to_compose(tmp_path: Path) -> None:
     assert f"SECRETS_DIR={tmp_path / '.secrets'} " in result.stdout
 
 
+@pytest.mark.parametrize("secure", [False, True])
+def test_make_up_runs_to_its_end_with_compose_answering(tmp_path: Path, secure: bool) -> None:
+    """The whole recipe for real, with a Compose that only answers: its last lines (what to open
+    next) run in a shell too, and once broke a plain `make up` after it had started everything."""
+    env = write_env(tmp_path / ".env", **dict.fromkeys(REQUIRED_SECRETS, "a-real-password"))
+    result = make("up", f"COMPOSE_ENV={env}", "COMPOSE_CMD=true", *(["SECURE=1"] if secure else []))
+    assert result.returncode == 0, result.stderr
+    assert ("SASL_SSL" in result.stdout) is secure, result.stdout
+
+
 def test_make_up_writes_each_password_to_the_secret_file_compose_mounts(
     tmp_path: Path, resolved: dict[str, Any]
 ) -> None:
