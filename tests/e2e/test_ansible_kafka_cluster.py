@@ -114,13 +114,7 @@ class KafkaCluster:
 
     def started_at(self) -> dict[str, str]:
         """When systemd last started each of the long-running services."""
-        units = [(h, "iot-inference") for h in INFERENCE] + [("vm4", "iot-sink")]
-        return {
-            f"{h} {u}": self.host(h)
-            .sh(f"systemctl show {u} -p ActiveEnterTimestampMonotonic --value")
-            .strip()
-            for h, u in units
-        }
+        return self.consumers_show("ActiveEnterTimestampMonotonic")
 
     def describe(self, *args: str, on: str = BROKERS[0]) -> str:
         return self.tool("org.apache.kafka.tools.TopicCommand", "--describe", *args, on=on)
@@ -182,9 +176,13 @@ class KafkaCluster:
 
     def restarts(self) -> dict[str, str]:
         """How often systemd restarted each service after it exited unasked."""
+        return self.consumers_show("NRestarts")
+
+    def consumers_show(self, prop: str) -> dict[str, str]:
+        """systemd's PROP of each long-running service: inference on its hosts, the sink on vm4."""
         units = [(h, "iot-inference") for h in INFERENCE] + [("vm4", "iot-sink")]
         return {
-            f"{h} {u}": self.host(h).sh(f"systemctl show {u} -p NRestarts --value", check=False).strip()
+            f"{h} {u}": self.host(h).sh(f"systemctl show {u} -p {prop} --value", check=False).strip()
             for h, u in units
         }
 
