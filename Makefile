@@ -76,10 +76,10 @@ stop: ## Stop everything `make run` started
 
 test: install lint ## Lint, start the real services, run the whole suite, stop them
 	$(STACK) start
-	$(PY) -m pytest tests --require-shared-data; status=$$?; $(STACK) stop; exit $$status
+	$(PY) -m pytest tests --require-shared-data --durations=20; status=$$?; $(STACK) stop; exit $$status
 
 test-deploy: install deploy-tools ## Run the deployments for real: site.yml on four systemd hosts, `make up` (root, ~40 min)
-	$(PY) -m pytest tests/e2e
+	$(PY) -m pytest tests/e2e --durations=0
 
 ci-fresh: ## CI as on a new machine: .ci/run in a fresh clone with an empty HOME and caches (root, ~1 h)
 	KEEP=$(KEEP) bash .ci/fresh

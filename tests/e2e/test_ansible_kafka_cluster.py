@@ -140,6 +140,9 @@ class KafkaCluster:
 
     def start_producer_run(self) -> str:
         """Start the producer again (its unit is a one-shot run) and return the new run's id."""
+        # A run still sending (a converge that changed its password restarts it) would be stopped
+        # by the restart and resumed under its old id, not begun anew: let it finish first.
+        wait_for("the producer's previous run to succeed", self.producer_succeeded, 300)
         vm1 = self.host("vm1")
         since = vm1.sh("date '+%Y-%m-%d %H:%M:%S'").strip()
         vm1.sh("systemctl restart --no-block iot-producer")  # a one-shot unit that stays active
