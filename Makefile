@@ -122,7 +122,7 @@ up: compose-env compose-secrets compose-secure-files compose-local-data ## Docke
 	@echo "Prometheus http://localhost:9090, Grafana http://localhost:3000 (admin / GRAFANA_ADMIN_PASSWORD; profile grafana),"
 	@echo "CouchDB http://localhost:5984; images stored: curl -u iot_reader:<COUCHDB_READER_PASSWORD> 'http://localhost:5984/img_db/_all_docs?include_docs=true'"
 	@echo "(default host ports: *_HOST_PORT in $(COMPOSE_ENV) changes them)"
-	$(if $(SECURE),@echo "Kafka takes SASL_SSL logins only: CA $(SECRETS_DIR)/ca.pem; passwords $(SECRETS_DIR)/kafka_*_password")
+	$(if $(SECURE),@echo "Kafka takes SASL_SSL logins only: CA $(SECRETS_DIR)/ca.pem; passwords $(SECRETS_DIR)/kafka_*_password; CouchDB also https://localhost:6984")
 
 down: compose-env ## Docker: stop and remove the stack (data volumes kept; `make down V=1` removes them too)
 	$(COMPOSE) down $(if $(V),--volumes)

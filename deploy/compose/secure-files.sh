@@ -2,8 +2,8 @@
 # secure-files.sh FOLDER: what `make up SECURE=1` mounts (compose.secure.yaml), made on first use
 # in FOLDER (SECRETS_DIR), kept afterwards:
 #   ca.pem, ca.key            a CA of this stack's own (the key never leaves FOLDER)
-#   kafka.pem                 the broker's key (unencrypted: no password to hand over) and its
-#                             certificate for kafka and localhost, signed by that CA
+#   kafka.pem, couchdb.pem    each server's key (unencrypted: no password to hand over) and its
+#                             certificate for its service name and localhost, signed by that CA
 #   kafka_<user>_password     the SCRAM passwords of admin and the pipeline's users
 #   kafka_server_jaas.conf    the broker's own login (admin), from admin's password
 #   kafka_admin.properties    admin's client login, for the broker's health check
@@ -28,18 +28,25 @@ done
 if [[ ! -s ca.pem ]]; then
   (umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=IoT pipeline Compose CA" \
     -keyout ca.key -out ca.pem 2>/dev/null)
-  rm -f kafka.pem  # signed by a CA that is gone
+  rm -f kafka.pem couchdb.pem  # signed by a CA that is gone
 fi
-if [[ ! -s kafka.pem ]]; then
+
+# server_cert NAME: NAME.pem, NAME's key and a certificate for NAME (its Compose service name),
+# localhost and 127.0.0.1, signed by the CA; kept once made.
+server_cert() {
+  local name="$1" work
+  [[ -s "$name.pem" ]] && return
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=kafka" -keyout "$work/kafka.key" -out "$work/kafka.csr" 2>/dev/null
-  openssl x509 -req -in "$work/kafka.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -CAserial "$work/ca.srl" \
-    -days 825 -extfile <(echo "subjectAltName=DNS:kafka,DNS:localhost,IP:127.0.0.1") \
-    -out "$work/kafka.crt" 2>/dev/null
-  cat "$work/kafka.key" "$work/kafka.crt" >kafka.pem
-fi
-chmod 644 ca.pem kafka.pem
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$work/key" -out "$work/csr" 2>/dev/null
+  openssl x509 -req -in "$work/csr" -CA ca.pem -CAkey ca.key -CAcreateserial -CAserial "$work/ca.srl" \
+    -days 825 -extfile <(echo "subjectAltName=DNS:$name,DNS:localhost,IP:127.0.0.1") \
+    -out "$work/crt" 2>/dev/null
+  cat "$work/key" "$work/crt" >"$name.pem"
+  rm -rf "$work"
+}
+server_cert kafka
+server_cert couchdb
+chmod 644 ca.pem kafka.pem couchdb.pem
 
 admin="$(cat kafka_admin_password)"
 login="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"$admin\""

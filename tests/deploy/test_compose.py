@@ -776,7 +776,7 @@ def test_secure_services_log_in_as_their_own_user_with_a_password_file(secure: d
         env = services[name]["environment"]
         assert env["IOT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["IOT_KAFKA_USERNAME"] == user, name
         files = mounted_secrets(services[name])
-        assert files[env["IOT_KAFKA_CA_FILE"]] == "kafka_ca", name
+        assert files[env["IOT_KAFKA_CA_FILE"]] == "ca", name
         own = "admin" if user == "admin" else user.removeprefix("iot-")
         assert files["/run/secrets/iot_kafka_password"] == f"kafka_{own}_password", name
         assert not [k for k in env if "PASSWORD" in k], name
@@ -791,6 +791,27 @@ def test_secure_services_log_in_as_their_own_user_with_a_password_file(secure: d
     assert services["kafka-access"]["image"] == services["sink"]["image"]
 
 
+def test_secure_couchdb_serves_tls_that_the_sink_and_the_setup_verify(secure: dict[str, Any]) -> None:
+    services = secure["services"]
+    couchdb = services["couchdb"]
+    # CouchDB reads its [ssl] settings from a mounted ini; the key and certificate they name are
+    # a mounted secret.
+    [ini] = [v for v in couchdb["volumes"] if str(v).split(":")[0].endswith("couchdb/tls.ini")]
+    assert ini.split(":")[1].startswith("/opt/couchdb/etc/local.d/"), ini
+    tls = configparser.ConfigParser()
+    tls.read(COMPOSE_DIR / "couchdb" / "tls.ini")
+    assert tls["ssl"]["enable"] == "true" and tls["ssl"]["port"] == "6984"
+    mounted = mounted_secrets(couchdb)
+    assert mounted[tls["ssl"]["cert_file"]] == mounted[tls["ssl"]["key_file"]] == "couchdb_tls"
+    assert ("127.0.0.1", 6984) in published(couchdb)
+    assert {host for host, _ in published(couchdb)} == {"127.0.0.1"}
+    # Whoever logs in to CouchDB does so over TLS, trusting only the stack's CA.
+    for name in ("couchdb-setup", "sink"):
+        env = services[name]["environment"]
+        assert env["IOT_COUCHDB_URL"] == "https://couchdb:6984", name
+        assert mounted_secrets(services[name])[env["IOT_COUCHDB_CA_FILE"]] == "ca", name
+
+
 def test_secure_files_are_made_once_with_a_certificate_for_what_clients_dial(
     secure: dict[str, Any], secure_files: Path
 ) -> None:
@@ -802,20 +823,23 @@ def test_secure_files_are_made_once_with_a_certificate_for_what_clients_dial(
     assert secure_files.stat().st_mode & 0o777 == 0o700
     assert (secure_files / "ca.key").stat().st_mode & 0o777 == 0o600
     assert "ca.key" not in {Path(s["file"]).name for s in secure["secrets"].values()}
-    certificate = subprocess.run(
-        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(secure_files / "kafka.pem")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "DNS:kafka" in certificate and "DNS:localhost" in certificate  # kafka:9092, localhost:29092
-    verified = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(secure_files / "ca.pem"), str(secure_files / "kafka.pem")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # kafka:9092 and localhost:29092; couchdb:6984 and localhost:6984.
+    for server in ("kafka", "couchdb"):
+        pem = str(secure_files / f"{server}.pem")
+        certificate = subprocess.run(
+            ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", pem],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert f"DNS:{server}" in certificate and "DNS:localhost" in certificate, server
+        verified = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(secure_files / "ca.pem"), pem],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
     admin = (secure_files / "kafka_admin_password").read_text()
     assert f'password="{admin}"' in (secure_files / "kafka_server_jaas.conf").read_text()
     assert f'password="{admin}"' in (secure_files / "kafka_admin.properties").read_text()

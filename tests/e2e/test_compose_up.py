@@ -6,8 +6,9 @@ files that `docker inspect` does not show, images flow from the
 producer through Kafka and inference into CouchDB, `--scale inference=2` splits the images
 topic's partitions between two members, and `make down` then `make up` keeps the data. Then,
 with the images already built, `make up SECURE=1` on fresh volumes: the images are stored end to
-end with every service logged in to Kafka over SASL_SSL as its own user, and the broker refuses a
-client without a login (PLAINTEXT, TLS alone, a wrong password).
+end with every service logged in to Kafka over SASL_SSL as its own user and the sink writing to
+CouchDB over TLS, and the broker refuses a client without a login (PLAINTEXT, TLS alone, a wrong
+password).
 
 The stack's files run unchanged; only `.env` differs from a user's (written by the test, passed as
 `make up COMPOSE_ENV=...`, so deploy/compose/.env is never touched):
@@ -309,6 +310,7 @@ def stack(
         "PRODUCER_INTERVAL_SECONDS": str(PRODUCER_INTERVAL_S),
         "KAFKA_HOST_PORT": str(free_port()),
         "COUCHDB_HOST_PORT": str(free_port()),
+        "COUCHDB_TLS_HOST_PORT": str(free_port()),
         "PROMETHEUS_HOST_PORT": str(free_port()),
         "GRAFANA_HOST_PORT": str(free_port()),
     }
@@ -476,7 +478,7 @@ def secure_stack(stack: Stack) -> Iterator[Stack]:
         secure.make("down", "V=1", timeout=600)
 
 
-def test_secure_images_flow_into_couchdb_over_sasl_ssl(secure_stack: Stack) -> None:
+def test_secure_images_flow_over_sasl_ssl_into_couchdb_over_tls(secure_stack: Stack) -> None:
     docs = wait_complete(secure_stack, IMAGES_SENT)
     assert len(docs) == IMAGES_SENT, sorted(docs)
     containers = {service(c): c for c in secure_stack.containers()}
@@ -484,6 +486,15 @@ def test_secure_images_flow_into_couchdb_over_sasl_ssl(secure_stack: Stack) -> N
         env = dict(item.split("=", 1) for item in containers[name]["Config"]["Env"])
         assert env["IOT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["IOT_KAFKA_USERNAME"] == user, name
         assert "IOT_KAFKA_PASSWORD" not in env, f"{name}: its Kafka password is a secret file"
+    # The sink stored them over CouchDB's TLS, the only CouchDB address it has; the port answers
+    # with a certificate the stack's CA signed.
+    sink = dict(item.split("=", 1) for item in containers["sink"]["Config"]["Env"])
+    assert sink["IOT_COUCHDB_URL"] == "https://couchdb:6984", sink["IOT_COUCHDB_URL"]
+    tls = f"https://127.0.0.1:{secure_stack.settings['COUCHDB_TLS_HOST_PORT']}"
+    ca = secure_stack.env_file.parent / ".secrets" / "ca.pem"
+    assert requests.get(f"{tls}/_up", verify=str(ca), timeout=10).status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{tls}/_up", timeout=10)  # the system's CAs do not know it
 
 
 def test_secure_kafka_refuses_clients_without_a_login(secure_stack: Stack) -> None:
