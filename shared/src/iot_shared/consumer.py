@@ -168,12 +168,16 @@ class GroupMember:
             )
 
     def consume(self, max_messages: int, timeout: float) -> list[Message]:
-        """The records of one poll; errors that are not records are logged, not returned."""
+        """The records of one poll; errors that are not records are logged, not returned.
+
+        `timeout` is clamped at 0: librdkafka takes any negative one, however small, as "wait
+        forever", and a paused member would then never return from the poll.
+        """
         self.raise_if_fatal()
         records = []
         ages: dict[str, float] = {}
         now = time.time()
-        for msg in self.consumer.consume(max_messages, timeout):
+        for msg in self.consumer.consume(max_messages, max(0.0, timeout)):
             err = msg.error()
             if err is None:
                 records.append(msg)
@@ -255,10 +259,15 @@ class GroupMember:
                 self._seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def resume_if_due(self) -> float:
-        """Resume once hold_back's time is up; the seconds still to wait (inf when not paused)."""
-        if self.paused and time.monotonic() >= self._resume_at:
+        """Resume once hold_back's time is up; the seconds still to wait (inf when not paused),
+        never below 0: one clock reading for both the test and the answer."""
+        if not self.paused:
+            return math.inf
+        left = self._resume_at - time.monotonic()
+        if left <= 0:
             self.resume()
-        return self._resume_at - time.monotonic() if self.paused else math.inf
+            return math.inf
+        return left
 
     def resume(self) -> None:
         self.consumer.resume(self.consumer.assignment())

@@ -142,6 +142,24 @@ def test_the_member_keeps_polling_while_held_back() -> None:
     assert consumer.paused == {("t", 0)}
 
 
+def test_a_held_back_member_never_polls_with_a_negative_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # librdkafka waits forever on any negative timeout. Seen in CI: the resume time passed
+    # between reading the clock to decide and reading it again to answer, the poll got -0.0001 s,
+    # and the paused sink hung in consume() for good.
+    consumer = FakeConsumer({("t", 0): [b"1"]})
+    loop, _ = make_loop(consumer, Handler(failures=1))
+    loop.backoff = lambda: lambda: 5.0
+    loop._next_delay = loop.backoff()
+    clock = iter([100.0, 104.9999, 105.0001])  # hold back at 100; then just before, just after 105
+    monkeypatch.setattr("iot_shared.consumer.time.monotonic", lambda: next(clock, 105.0001))
+    assert loop.step() is False
+    loop.step()
+    assert all(timeout >= 0 for _, timeout in consumer.polls), consumer.polls
+    member = GroupMember(consumer, "unit")
+    member.consume(1, -0.0001)
+    assert consumer.polls[-1][1] == 0
+
+
 def test_unacknowledged_output_holds_the_batch_back_like_a_failed_write() -> None:
     consumer = FakeConsumer({("t", 0): [b"1", b"2"]})
     publisher = RecordingPublisher(failures_to_report=[[KafkaError(KafkaError._MSG_TIMED_OUT)]])
