@@ -31,18 +31,20 @@ if [[ ! -s ca.pem ]]; then
   rm -f kafka.pem couchdb.pem  # signed by a CA that is gone
 fi
 
+# The keys are made here first, and removed however the script ends.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
 # server_cert NAME: NAME.pem, NAME's key and a certificate for NAME (its Compose service name),
 # localhost and 127.0.0.1, signed by the CA; kept once made.
 server_cert() {
-  local name="$1" work
+  local name="$1"
   [[ -s "$name.pem" ]] && return
-  work="$(mktemp -d)"
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$work/key" -out "$work/csr" 2>/dev/null
-  openssl x509 -req -in "$work/csr" -CA ca.pem -CAkey ca.key -CAcreateserial -CAserial "$work/ca.srl" \
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$work/$name.key" -out "$work/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$work/$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -CAserial "$work/ca.srl" \
     -days 825 -extfile <(echo "subjectAltName=DNS:$name,DNS:localhost,IP:127.0.0.1") \
-    -out "$work/crt" 2>/dev/null
-  cat "$work/key" "$work/crt" >"$name.pem"
-  rm -rf "$work"
+    -out "$work/$name.crt" 2>/dev/null
+  cat "$work/$name.key" "$work/$name.crt" >"$name.pem"
 }
 server_cert kafka
 server_cert couchdb
