@@ -32,6 +32,7 @@ from tests.deploy.conftest import ROLES, VENV_BIN, Dockerfile, find_tool
 
 COMPOSE_DIR = REPO / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
+SECURE_FILE = COMPOSE_DIR / "compose.secure.yaml"  # what `make up SECURE=1` adds
 # Optional files `make up` adds for local copies of the downloads: variable -> (file, service).
 LOCAL_DATA = {
     "WEIGHTS_DIR": (COMPOSE_DIR / "compose.weights-dir.yaml", "inference"),
@@ -159,19 +160,22 @@ def test_compose_refuses_to_start_without_a_secret(tmp_path: Path, secret: str) 
     assert secret in result.stderr and "deploy/compose/.env" in result.stderr, result.stderr
 
 
+def compose_text() -> str:
+    """compose.yaml and compose.secure.yaml: where the stack reads its variables."""
+    return COMPOSE_FILE.read_text() + SECURE_FILE.read_text()
+
+
 def compose_defaults() -> dict[str, str]:
-    """`${NAME:-default}` of the compose file: name -> default (the same everywhere it is used)."""
+    """`${NAME:-default}` of the compose files: name -> default (the same everywhere it is used)."""
     found: dict[str, str] = {}
-    for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", COMPOSE_FILE.read_text()):
+    for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", compose_text()):
         assert found.setdefault(name, default) == default, f"{name} has two defaults"
     return found
 
 
 def test_every_variable_the_compose_files_use_is_in_env_example() -> None:
-    # compose.yaml and what `make up SECURE=1` adds to it. SECRETS_DIR comes from the Makefile
-    # (beside the settings file), not from .env.
-    text = COMPOSE_FILE.read_text() + SECURE_FILE.read_text()
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text)) - {"SECRETS_DIR"}
+    # SECRETS_DIR comes from the Makefile (beside the settings file), not from .env.
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", compose_text())) - {"SECRETS_DIR"}
     # Compose's own settings (COMPOSE_PROFILES) are read by Compose, not written into the file.
     defined = {name for name in env_example() if not name.startswith("COMPOSE_")}
     assert used - defined == set(), "missing from .env.example"
@@ -707,7 +711,6 @@ def test_make_up_builds_from_local_folders_with_compose_v2_only(tmp_path: Path) 
 
 # --- make up SECURE=1: compose.secure.yaml ---------------------------------------------------
 
-SECURE_FILE = COMPOSE_DIR / "compose.secure.yaml"
 SECURE_FILES = COMPOSE_DIR / "secure-files.sh"
 # Who logs in to Kafka as whom with SECURE=1; admin is the broker's super user.
 KAFKA_LOGINS = {

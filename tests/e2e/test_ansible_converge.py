@@ -172,12 +172,12 @@ def test_no_test_password_in_a_journal_or_an_image_layer(deployment: Deployment)
         found = host.sh(f"journalctl --no-pager -o cat | grep -a -o -F {patterns} | sort -u", check=False)
         leaked = [n for n, secret in enumerate(deployment.secrets) if secret in found]
         assert not leaked, f"test passwords (numbers {leaked} of Deployment.secrets) in {name}'s journal"
-        # The IDs of the service images on this host, one per line, then what their layers hold.
+        # A first line "images: <the IDs of this host's service images>", then what their layers hold.
         layers = host.sh(
             "command -v docker >/dev/null || exit 0;"
             " images=$(docker image ls --format '{{.Repository}} {{.ID}}'"
             " | awk '$1 ~ /iot-(producer|inference|sink)$/ {print $2}' | sort -u);"
-            ' echo "images: $images" | tr "\\n" " "; echo;'
+            ' echo "images:" $images;'
             f' [ -z "$images" ] || docker save $images | grep -a -o -F {patterns} | sort -u',
             check=False,
             timeout=900,

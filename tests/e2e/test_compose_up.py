@@ -481,15 +481,16 @@ def secure_stack(stack: Stack) -> Iterator[Stack]:
 def test_secure_images_flow_over_sasl_ssl_into_couchdb_over_tls(secure_stack: Stack) -> None:
     docs = wait_complete(secure_stack, IMAGES_SENT)
     assert len(docs) == IMAGES_SENT, sorted(docs)
-    containers = {service(c): c for c in secure_stack.containers()}
+    envs = {
+        service(c): dict(item.split("=", 1) for item in c["Config"]["Env"]) for c in secure_stack.containers()
+    }
     for name, user in (("producer", "iot-producer"), ("inference", "iot-inference"), ("sink", "iot-sink")):
-        env = dict(item.split("=", 1) for item in containers[name]["Config"]["Env"])
+        env = envs[name]
         assert env["IOT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["IOT_KAFKA_USERNAME"] == user, name
         assert "IOT_KAFKA_PASSWORD" not in env, f"{name}: its Kafka password is a secret file"
     # The sink stored them over CouchDB's TLS, the only CouchDB address it has; the port answers
     # with a certificate the stack's CA signed.
-    sink = dict(item.split("=", 1) for item in containers["sink"]["Config"]["Env"])
-    assert sink["IOT_COUCHDB_URL"] == "https://couchdb:6984", sink["IOT_COUCHDB_URL"]
+    assert envs["sink"]["IOT_COUCHDB_URL"] == "https://couchdb:6984", envs["sink"]["IOT_COUCHDB_URL"]
     tls = f"https://127.0.0.1:{secure_stack.settings['COUCHDB_TLS_HOST_PORT']}"
     ca = secure_stack.env_file.parent / ".secrets" / "ca.pem"
     assert requests.get(f"{tls}/_up", verify=str(ca), timeout=10).status_code == 200
