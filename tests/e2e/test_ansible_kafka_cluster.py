@@ -270,6 +270,8 @@ def test_a_wiped_broker_is_rebuilt_and_a_changed_setting_rolls_through_the_other
     old = {key: kraft.extra_vars[key] for key in ROTATED}
     kraft.extra_vars |= {key: secrets.token_urlsafe(18) for key in ROTATED}
     started = kraft.started_at()
+    vm4 = kraft.host("vm4")
+    since = vm4.sh("date '+%Y-%m-%d %H:%M:%S'").strip()
     run = kraft.converge()  # formats the new disk with the cluster's id and starts the broker
     assert run.returncode == 0, run.output[-6000:]
     for key, (kind, user) in ROTATED.items():
@@ -277,6 +279,12 @@ def test_a_wiped_broker_is_rebuilt_and_a_changed_setting_rolls_through_the_other
         assert takes(user, kraft.extra_vars[key]) and not takes(user, old[key]), f"{key} not rotated"
     now = kraft.started_at()
     assert all(now[unit] != started[unit] for unit in started), f"not all restarted: {started} {now}"
+    # The sink was stopped as soon as its CouchDB password changed, so it never failed the 5
+    # logins after which CouchDB locks its user out for 5 minutes, its restarted self too.
+    sink_log = vm4.sh(f"journalctl -u iot-sink --no-pager --since '{since}'")
+    assert "temporarily locked" not in sink_log, sink_log[-3000:]
+    stop = run.output.split("TASK [Stop the sinks whose CouchDB password just changed")[1]
+    assert "changed:" in stop.split("TASK [")[0], stop[:2000]
     wait_for("vm7 back in sync", lambda: kraft.in_sync("vm7"), 300)
     isrs = re.findall(r"Isr: ([\d,]+)", kraft.describe("--topic", "iot-topic", on="vm7"))
     assert isrs and all(len(isr.split(",")) == 3 for isr in isrs), isrs
