@@ -12,6 +12,8 @@ its output). The loop guarantees the rest:
   partitions back: paused and rewound to the batch's first offsets, it keeps polling, so it stays
   in the group however long the outage lasts; after a back-off it resumes and the batch is
   consumed again.
+- Each time round (each poll, a batch or not, held back or not) it beats its `Heartbeat`, and
+  announces the wait of each flush, so /healthz tells a hung loop from a slow or held-back one.
 
 Everything runs on the caller's thread: decoding on a second thread, while the forward pass
 runs, bought nothing measurable (docs/benchmark.md).
@@ -31,6 +33,7 @@ from iot_shared.batch_sizing import BatchSizer
 from iot_shared.consumer import GroupMember
 from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import InvalidMessageError, PipelineError, summary
+from iot_shared.heartbeat import Heartbeat
 from iot_shared.lifecycle import StopFlag, backoff_delays
 from iot_shared.publisher import Publisher
 
@@ -59,6 +62,7 @@ class BatchLoop(Generic[T]):
     # Whether a filling batch has all it waits for (the sink: each image's prediction and back).
     complete: Callable[[list[Message]], bool] = lambda _records: False
     backoff: Callable[[], Callable[[], float]] = backoff_delays
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)  # what /healthz reads
     sizer: BatchSizer = field(init=False)
     _next_delay: Callable[[], float] = field(init=False)
 
@@ -70,10 +74,12 @@ class BatchLoop(Generic[T]):
         """Steps until STOP; BETWEEN runs after each (a batch, or an idle poll)."""
         while not stop:
             self.step()
+            self.heartbeat.beat()  # BETWEEN may take a while of its own (the sink's sweep)
             between()
 
     def step(self) -> bool | None:
         """One batch, if there is one: True = finished, False = held back, None = nothing came."""
+        self.heartbeat.beat()
         self.member.raise_if_fatal()
         records = self.poll_batch(min(IDLE_POLL_SECONDS, self.member.resume_if_due()))
         if not records:
@@ -95,7 +101,9 @@ class BatchLoop(Generic[T]):
         records = self.member.consume(limit, 0) or self.member.consume(1, idle_wait)
         if not records or not self.max_fill_wait_seconds:
             return records
-        deadline = time.monotonic() + min(self.max_fill_wait_seconds, self.sizer.time_left(records))
+        fill_wait = min(self.max_fill_wait_seconds, self.sizer.time_left(records))
+        self.heartbeat.beat(then_waits=fill_wait)  # IOT_MAX_WAIT_MS has no upper bound
+        deadline = time.monotonic() + fill_wait
         while len(records) < limit and not self.complete(records):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -112,6 +120,7 @@ class BatchLoop(Generic[T]):
         try:
             if messages:
                 self.handle(messages)
+            self.heartbeat.beat(then_waits=self.delivery_timeout_seconds)
             failures = self.publisher.flush(self.delivery_timeout_seconds)
             if failures:
                 raise RetryLaterError(f"{len(failures)} messages not acknowledged by the broker")

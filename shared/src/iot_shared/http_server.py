@@ -1,7 +1,9 @@
 """Each service's one HTTP port: /metrics (Prometheus), /healthz (alive) and /readyz (ready).
 
 The port opens first thing at start, so a taken port stops the service at once (exit 2); until
-the service is ready, /readyz answers 503 saying what it is doing (a `Probe`).
+the service is ready, /readyz answers 503 saying what it is doing (a `Probe`). /healthz answers
+503 only when the service's main loop has stopped going round (its `Heartbeat`): the HTTP
+thread answering proves nothing about the loop, which may hang while this thread serves on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from iot_shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
+Liveness = Callable[[], tuple[bool, str]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -47,16 +50,19 @@ class Probe:
         return self._check()
 
 
-def health_app(ready: Readiness) -> WsgiApp:
+def _always_alive() -> tuple[bool, str]:
+    return True, "ok"
+
+
+def health_app(ready: Readiness, alive: Liveness = _always_alive) -> WsgiApp:
     metrics_app = make_wsgi_app(REGISTRY)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/healthz":
-            return _text(start_response, "200 OK", "ok\n")
+            return _check(start_response, alive)
         if path == "/readyz":
-            ok, detail = ready()
-            return _text(start_response, "200 OK" if ok else "503 Service Unavailable", detail + "\n")
+            return _check(start_response, ready)
         if path == "/metrics":
             body: Iterable[bytes] = metrics_app(environ, start_response)
             return body
@@ -65,13 +71,17 @@ def health_app(ready: Readiness) -> WsgiApp:
     return app
 
 
-def serve_http(port: int, ready: Readiness, host: str) -> WSGIServer | None:
+def serve_http(port: int, ready: Readiness, host: str, alive: Liveness = _always_alive) -> WSGIServer | None:
     """Serve /metrics, /healthz, /readyz on `host`:`port` from a daemon thread; port 0 turns it off."""
     if port == 0:
         return None
     try:
         server = make_server(
-            host, port, health_app(ready), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+            host,
+            port,
+            health_app(ready, alive),
+            server_class=ThreadingWSGIServer,
+            handler_class=_QuietHandler,
         )
     except OSError as exc:
         raise PortTakenError(
@@ -85,16 +95,22 @@ def serve_http(port: int, ready: Readiness, host: str) -> WSGIServer | None:
 
 
 @contextmanager
-def open_port(settings: ServiceSettings, doing: str) -> Iterator[Probe]:
+def open_port(settings: ServiceSettings, doing: str, alive: Liveness) -> Iterator[Probe]:
     """Serve the service's port for the with-block, first thing: /readyz says `doing` until the
-    service has its probe follow its own check."""
+    service has its probe follow its own check; /healthz asks `alive` (its main loop's
+    `Heartbeat.liveness`) all along."""
     probe = Probe(doing)
-    server = serve_http(settings.metrics_port, probe, settings.metrics_address)
+    server = serve_http(settings.metrics_port, probe, settings.metrics_address, alive)
     try:
         yield probe
     finally:
         if server is not None:
             server.shutdown()
+
+
+def _check(start_response: Callable[..., Any], check: Readiness | Liveness) -> Iterable[bytes]:
+    ok, detail = check()
+    return _text(start_response, "200 OK" if ok else "503 Service Unavailable", detail + "\n")
 
 
 def _text(start_response: Callable[..., Any], status: str, body: str) -> Iterable[bytes]:

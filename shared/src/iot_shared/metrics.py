@@ -45,6 +45,13 @@ CONSUMER_PAUSED = Gauge(
     "1 while the service holds its partitions back because it cannot deliver its output",
     ["service"],
 )
+LOOP_LAST_BEAT = Gauge(
+    "iot_loop_last_beat_timestamp_seconds",
+    "When the service's main loop last went round (Unix time): each poll or batch, each image sent, "
+    "every second of a planned wait. No series before the loop starts; /healthz fails once it is "
+    "older than IOT_STALL_TIMEOUT_SECONDS (a flush's announced wait aside)",
+    ["service"],
+)
 BATCH_LIMIT = Gauge(
     "iot_consumer_batch_limit",
     "Most records the next batch may hold: small while the service keeps up with "

@@ -15,6 +15,7 @@ from iot_shared.batch_loop import BatchLoop
 from iot_shared.consumer import GroupMember, join_group
 from iot_shared.dead_letters import DeadLetters
 from iot_shared.errors import ConfigError, PipelineError
+from iot_shared.heartbeat import Heartbeat
 from iot_shared.http_server import PortTakenError, Probe, Readiness
 from iot_shared.kafka import wait_for_topics
 from iot_shared.lifecycle import StopFlag, StoppedWhileWaitingError
@@ -75,8 +76,10 @@ def loop_from_settings(
     decode: Callable[[Message], T],
     handle: Callable[[list[T]], None],
     complete: Callable[[list[Message]], bool] = lambda _records: False,
+    heartbeat: Heartbeat | None = None,
 ) -> BatchLoop[T]:
-    """A consumer's batch loop, sized and timed by its settings; bad records to the dead-letter topic."""
+    """A consumer's batch loop, sized and timed by its settings; bad records to the dead-letter
+    topic; beating HEARTBEAT, which the service's /healthz reads (None: nobody watches it)."""
     return BatchLoop(
         member,
         publisher,
@@ -88,6 +91,7 @@ def loop_from_settings(
         latency_target_seconds=settings.latency_target_ms / 1000,
         complete=complete,
         delivery_timeout_seconds=settings.delivery_timeout_seconds,
+        heartbeat=heartbeat or Heartbeat(),
     )
 
 
@@ -115,6 +119,8 @@ def run_consumer(
         member = join_group(settings, service, consumes)
         cleanup.callback(member.close)
         loop = build_loop(member, publisher)
+        # First on the way out: leaving the group, then the last flush (up to its timeout).
+        cleanup.callback(loop.heartbeat.beat, then_waits=settings.delivery_timeout_seconds)
 
         def ready() -> tuple[bool, str]:
             ok, detail = depends_on()

@@ -91,7 +91,29 @@ class ServiceSettings(BaseSettings):
         return {key: value.get_secret_value() for key, value in self.kafka_extra_config.items()}
 
 
-class ConsumerSettings(ServiceSettings):
+class LoopSettings(ServiceSettings):
+    """Settings of a service whose main loop runs until it is stopped (the producer, inference,
+    the sink): /healthz watches that loop (`iot_shared.heartbeat`)."""
+
+    # Must be well above the longest gap between two beats that no setting bounds (flushes are
+    # announced with their timeouts, the producer's interval beats every second). The longest is
+    # the sink's: a CouchDB request that reaches no node fails only after the client's 30 s
+    # time-out on each node in turn (90 s on a 3-node cluster), maybe after answered requests of
+    # the same write or sweep. A Kafka poll blocks 0.5 s at most, a forward pass of IOT_MAX_BATCH
+    # images takes well under a second at 64. 300 s leaves a 3-node cluster's outage room to
+    # spare (120 s would not: a restart during an outage is what this must never cause), and is
+    # what librdkafka waits by default before it takes a consumer that stopped polling for dead
+    # (IOT_MAX_POLL_INTERVAL_MS): a hang is caught within minutes instead of never.
+    stall_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="/healthz answers 503 once the main loop has not gone round for this long "
+        "(a hang, not an outage: the loop keeps going round while Kafka or CouchDB is down)",
+    )
+
+
+class ConsumerSettings(LoopSettings):
     """Settings of a service that consumes in a group and commits what it processed."""
 
     group_id: str = Field(min_length=1, description="Kafka consumer group")

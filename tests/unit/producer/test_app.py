@@ -10,6 +10,7 @@ from iot_producer.app import LISTED_IDS, finish, image_message, schedule
 from iot_producer.cifar import Dataset
 from iot_producer.runs import RUN_ID_FILE, open_run
 from iot_shared.errors import DeliveryError
+from iot_shared.heartbeat import BEAT_SECONDS, Heartbeat
 from iot_shared.lifecycle import StopFlag
 from iot_shared.publisher import Undelivered
 from iot_shared.run_plan import image_id
@@ -29,7 +30,7 @@ def test_messages_carry_the_label_the_pixels_and_the_id() -> None:
 def test_schedule_stops_early_when_asked() -> None:
     stop = StopFlag()
     sent = []
-    for i in schedule(6, 3600.0, stop):
+    for i in schedule(6, 3600.0, stop, Heartbeat()):
         sent.append(i)
         stop.set()  # a SIGTERM after the first image must not wait an hour
     assert sent == [0]
@@ -47,15 +48,47 @@ class RecordingStop(StopFlag):
 
 def test_full_speed_schedule_never_waits() -> None:
     stop = RecordingStop()
-    assert list(schedule(1000, 0.0, stop)) == list(range(1000))
+    assert list(schedule(1000, 0.0, stop, Heartbeat())) == list(range(1000))
     assert max(stop.waits) <= 0
 
 
 def test_paced_schedule_keeps_a_fixed_clock() -> None:
     stop = RecordingStop()
-    assert list(schedule(4, 10.0, stop)) == [0, 1, 2, 3]
-    # Image i is due i*10 s after the start, whatever the time spent sending: no drift.
-    assert [round(w, -1) for w in stop.waits] == [0.0, 10.0, 20.0, 30.0]
+    waited = []  # before each image: the waits since the last, in the heartbeat's slices
+    for _ in schedule(4, 10.0, stop, Heartbeat()):
+        waited.append(sum(stop.waits))
+        stop.waits.clear()
+    # Image i is due i*10 s after the start, whatever the time spent sending: no drift. (These
+    # waits return at once, so each is the whole time from the start.)
+    assert [round(w, -1) for w in waited] == [0.0, 10.0, 20.0, 30.0]
+
+
+class ClockedStop(StopFlag):
+    """A stop flag whose waits move a fake clock instead of sleeping, asking the heartbeat
+    how the service looks to /healthz at each moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.heartbeat = Heartbeat("producer-test", stall_after=30.0, clock=lambda: self.now)
+        self.health: list[bool] = []
+
+    def wait(self, seconds: float) -> bool:
+        self.now += max(0.0, seconds)
+        self.health.append(self.heartbeat.liveness()[0])
+        return False
+
+
+def test_the_producer_beats_while_it_waits_for_the_next_image() -> None:
+    stop = ClockedStop()
+    # An hour between images, a stall limit of 30 s: the wait is the loop's, not a hang.
+    assert list(schedule(2, 3600.0, stop, stop.heartbeat)) == [0, 1]
+    assert all(stop.health) and len(stop.health) >= 3600 / BEAT_SECONDS
+    assert stop.heartbeat.liveness()[0]
+    # Once the images stop coming (hung in a send, say), /healthz says so.
+    stop.now += 31
+    alive, why = stop.heartbeat.liveness()
+    assert not alive and why.startswith("main loop stalled for 3") and why.endswith("(limit 30 s)")
 
 
 # --- the end of a run -----------------------------------------------------------------

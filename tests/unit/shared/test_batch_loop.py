@@ -14,6 +14,8 @@ from iot_shared.batch_loop import BatchLoop, RetryLaterError
 from iot_shared.consumer import FatalConsumerError, GroupMember
 from iot_shared.dead_letters import MAX_RECORD_BYTES, DeadLetters
 from iot_shared.errors import InvalidMessageError
+from iot_shared.heartbeat import Heartbeat
+from iot_shared.lifecycle import StopFlag
 from iot_shared.metrics import record_consumer_stats
 from tests.unit.shared.fakes import FakeConsumer, RecordingPublisher
 
@@ -45,6 +47,7 @@ def make_loop(
     publisher: RecordingPublisher | None = None,
     max_batch: int = 100,
     latency_target_ms: float = 0,
+    heartbeat: Heartbeat | None = None,
 ) -> tuple[BatchLoop[int], RecordingPublisher]:
     publisher = publisher or RecordingPublisher()
     loop = BatchLoop(
@@ -58,6 +61,7 @@ def make_loop(
         delivery_timeout_seconds=1.0,
         latency_target_seconds=latency_target_ms / 1000,
         backoff=lambda: lambda: 0.0,  # resume at the next step: no sleeping in unit tests
+        heartbeat=heartbeat or Heartbeat(),
     )
     return loop, publisher
 
@@ -308,3 +312,95 @@ def test_with_no_commit_interval_each_batch_is_committed_as_it_finishes() -> Non
     assert consumer.committed == {("t", 0): 1}
     assert loop.step() is True
     assert consumer.committed == {("t", 0): 2}
+
+
+# --- the heartbeat /healthz reads ------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_held_back_loop_keeps_beating_while_it_polls() -> None:
+    # CouchDB down for good: every batch fails, the member stays paused for an hour, and the
+    # loop goes round polling. That is an outage, not a hang: /healthz must stay 200.
+    clock = Clock()
+    heartbeat = Heartbeat("unit-beat", stall_after=60.0, clock=clock)
+    consumer = FakeConsumer({("t", 0): [b"1"]})
+    loop, _ = make_loop(consumer, Handler(failures=1000), heartbeat=heartbeat)
+    loop.backoff = lambda: lambda: 3600.0
+    loop._next_delay = loop.backoff()
+    assert loop.step() is False
+    for _ in range(10):  # ten steps 50 s apart: 500 s in all, the limit is 60 s
+        clock.now += 50
+        assert loop.step() is None  # paused: a poll, nothing handed out
+        assert heartbeat.liveness()[0]
+    assert consumer.paused == {("t", 0)}
+    clock.now += 61  # and when it stops going round, /healthz says so
+    assert heartbeat.liveness() == (False, "main loop stalled for 61 s (limit 60 s)")
+
+
+def test_run_beats_each_time_round_including_before_between() -> None:
+    clock = Clock()
+    heartbeat = Heartbeat("unit-beat", stall_after=60.0, clock=clock)
+
+    class SlowConsumer(FakeConsumer):
+        def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+            clock.now += 20  # each poll, so a step takes 20 to 40 s
+            return super().consume(num_messages, timeout)
+
+    loop, _ = make_loop(SlowConsumer({("t", 0): [b"1", b"2"]}), Handler(), heartbeat=heartbeat)
+    stop, health = StopFlag(), []
+
+    def between() -> None:  # a slow sweep: 59 s, after a step of 20 to 40 s
+        clock.now += 59
+        health.append(heartbeat.liveness()[0])
+        if len(health) == 5:
+            stop.set()
+
+    loop.run(stop, between)
+    assert health == [True] * 5
+
+
+def test_a_poll_that_never_returns_is_a_stall() -> None:
+    # The bug behind /healthz watching the loop: a sink hung in consume() for good (a negative
+    # timeout) while its HTTP thread kept answering 200.
+    clock = Clock()
+    heartbeat = Heartbeat("unit-beat", stall_after=60.0, clock=clock)
+    seen: list[tuple[bool, str]] = []
+
+    class HungConsumer(FakeConsumer):
+        def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+            clock.now += 600  # what /healthz would answer ten minutes into it
+            seen.append(heartbeat.liveness())
+            return []
+
+    loop, _ = make_loop(HungConsumer({("t", 0): []}), Handler(), heartbeat=heartbeat)
+    loop.step()
+    assert seen[0] == (False, "main loop stalled for 600 s (limit 60 s)")
+
+
+def test_a_flush_may_take_its_whole_timeout_on_top_of_the_limit() -> None:
+    # The broker is away: a batch's flush waits up to IOT_DELIVERY_TIMEOUT_SECONDS, which may be
+    # set above the stall limit; the loop announces it with the beat before it.
+    clock = Clock()
+    heartbeat = Heartbeat("unit-beat", stall_after=60.0, clock=clock)
+    seen: list[bool] = []
+
+    class SlowPublisher(RecordingPublisher):
+        def flush(self, timeout: float) -> list[object]:
+            clock.now += timeout + 59
+            seen.append(heartbeat.liveness()[0])
+            clock.now += 2
+            seen.append(heartbeat.liveness()[0])
+            return super().flush(timeout)
+
+    publisher = SlowPublisher()
+    loop, _ = make_loop(FakeConsumer({("t", 0): [b"1"]}), Handler(), publisher, heartbeat=heartbeat)
+    loop.delivery_timeout_seconds = 300.0
+    assert loop.step() is True
+    assert seen == [True, False]  # alive for the timeout plus the limit, not a second more

@@ -9,6 +9,7 @@ import pytest
 
 from iot_shared import service
 from iot_shared.consumer import GroupMember
+from iot_shared.heartbeat import Heartbeat
 from iot_shared.http_server import Probe
 from iot_shared.lifecycle import StopFlag, StoppedWhileWaitingError
 from iot_shared.service import run_service
@@ -69,3 +70,34 @@ def test_a_consumer_is_ready_once_its_store_is_and_leaves_its_group_before_the_l
     store_up[0] = True
     assert probe() == (True, "kafka reachable")
     assert closed == ["leave the group", "flush"]
+
+
+def test_the_last_flush_on_the_way_out_is_announced_to_the_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    heartbeat = Heartbeat("unit-service", stall_after=60.0, clock=lambda: now[0])
+    seen: list[bool] = []
+
+    class Publisher(RecordingPublisher):
+        def flush(self, timeout: float) -> list[object]:
+            now[0] += timeout + 59  # the broker is away: the whole timeout, and then some
+            seen.append(heartbeat.liveness()[0])
+            return super().flush(timeout)
+
+    monkeypatch.setattr(service, "wait_for_topics", lambda *args: None)
+    monkeypatch.setattr(service, "Publisher", lambda *args: Publisher())
+    monkeypatch.setattr(service, "join_group", lambda _s, name, _t: GroupMember(FakeConsumer({}), name))
+    settings = ConsumerSettings(group_id="sink", max_batch=10, delivery_timeout_seconds=300)
+    stop = StopFlag()
+    stop.set()
+    service.run_consumer(
+        settings,
+        stop,
+        Probe("starting"),
+        "sink",
+        consumes=["images"],
+        produces=[],
+        build_loop=lambda member, publisher: service.loop_from_settings(
+            settings, member, publisher, lambda record: record, lambda batch: None, heartbeat=heartbeat
+        ),
+    )
+    assert seen == [True]

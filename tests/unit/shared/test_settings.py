@@ -50,6 +50,24 @@ def test_bad_values_name_the_variable(
         load_settings(InferenceSettings, [])
 
 
+@pytest.mark.parametrize("settings_cls", [ProducerSettings, InferenceSettings, SinkSettings])
+def test_every_long_running_service_has_a_stall_limit(
+    monkeypatch: pytest.MonkeyPatch, settings_cls: type[ProducerSettings | InferenceSettings | SinkSettings]
+) -> None:
+    assert load_settings(settings_cls, []).stall_timeout_seconds == 300.0
+    monkeypatch.setenv("IOT_STALL_TIMEOUT_SECONDS", "90")
+    assert load_settings(settings_cls, []).stall_timeout_seconds == 90.0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan", "soon"])
+def test_a_stall_limit_that_is_not_a_positive_number_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("IOT_STALL_TIMEOUT_SECONDS", value)
+    with pytest.raises(ConfigError, match=r"IOT_STALL_TIMEOUT_SECONDS / --stall-timeout-seconds: .*\(got "):
+        load_settings(SinkSettings, [])
+
+
 def test_couchdb_url_may_list_the_nodes_of_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IOT_COUCHDB_URL", "http://vm4:5984/, http://vm5:5984,https://vm6:6984")
     settings = load_settings(SinkSettings, [])

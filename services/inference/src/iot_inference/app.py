@@ -28,6 +28,7 @@ from iot_inference.model import load_resnet20
 from iot_inference.settings import InferenceSettings
 from iot_shared.batch_loop import BatchLoop
 from iot_shared.consumer import GroupMember
+from iot_shared.heartbeat import Heartbeat
 from iot_shared.http_server import open_port
 from iot_shared.lifecycle import StopFlag
 from iot_shared.metrics import BUILD_INFO
@@ -87,18 +88,25 @@ def load_classifier(settings: InferenceSettings) -> Classifier:
 
 
 def classification_loop(
-    settings: InferenceSettings, member: GroupMember, publisher: Publisher, classifier: Classifier
+    settings: InferenceSettings,
+    member: GroupMember,
+    publisher: Publisher,
+    classifier: Classifier,
+    heartbeat: Heartbeat | None = None,
 ) -> BatchLoop[ImageMessage]:
     def publish_predictions(images: list[ImageMessage]) -> None:
         for prediction in classify(images, classifier):
             publisher.send(settings.predictions_topic, prediction.encode(), key=prediction.id)
             PREDICTIONS.labels(prediction.inferred_value).inc()
 
-    return loop_from_settings(settings, member, publisher, decode_image, publish_predictions)
+    return loop_from_settings(
+        settings, member, publisher, decode_image, publish_predictions, heartbeat=heartbeat
+    )
 
 
 def run(settings: InferenceSettings, stop: StopFlag) -> int:
-    with open_port(settings, "loading the model") as probe:
+    heartbeat = Heartbeat(SERVICE, settings.stall_timeout_seconds)
+    with open_port(settings, "loading the model", heartbeat.liveness) as probe:
         classifier = load_classifier(settings)
         log.info("classifying %s -> %s", settings.images_topic, settings.predictions_topic)
         run_consumer(
@@ -108,6 +116,8 @@ def run(settings: InferenceSettings, stop: StopFlag) -> int:
             SERVICE,
             consumes=[settings.images_topic],
             produces=[settings.predictions_topic],
-            build_loop=lambda member, publisher: classification_loop(settings, member, publisher, classifier),
+            build_loop=lambda member, publisher: classification_loop(
+                settings, member, publisher, classifier, heartbeat
+            ),
         )
     return 0

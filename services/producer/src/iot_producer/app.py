@@ -14,6 +14,7 @@ from iot_producer import cifar
 from iot_producer.runs import Run, open_run
 from iot_producer.settings import ProducerSettings
 from iot_shared.errors import DataError, DeliveryError
+from iot_shared.heartbeat import Heartbeat
 from iot_shared.http_server import Probe, open_port
 from iot_shared.kafka import as_text
 from iot_shared.lifecycle import StopFlag
@@ -37,11 +38,13 @@ def image_message(dataset: cifar.Dataset, index: int, source: str, id: str) -> I
     )
 
 
-def schedule(n: int, seconds_between: float, stop: StopFlag) -> Iterator[int]:
-    """Yield 0..n-1 on a fixed clock (no drift from send time); stops early on SIGTERM."""
+def schedule(n: int, seconds_between: float, stop: StopFlag, heartbeat: Heartbeat) -> Iterator[int]:
+    """Yield 0..n-1 on a fixed clock (no drift from send time); stops early on SIGTERM. Beats
+    HEARTBEAT for each image and every second of the waits between them (IOT_INTERVAL_SECONDS
+    may be far longer than the stall limit)."""
     started = time.monotonic()
     for i in range(n):
-        if stop.wait(started + i * seconds_between - time.monotonic()):
+        if heartbeat.wait(stop, started + i * seconds_between - time.monotonic()):
             return
         yield i
 
@@ -60,11 +63,12 @@ def load_dataset(settings: ProducerSettings) -> cifar.Dataset:
 
 
 def run(settings: ProducerSettings, stop: StopFlag) -> int:
-    with open_port(settings, "loading CIFAR-10") as probe:
-        return publish_run(settings, stop, probe)
+    heartbeat = Heartbeat(SERVICE, settings.stall_timeout_seconds)
+    with open_port(settings, "loading CIFAR-10", heartbeat.liveness) as probe:
+        return publish_run(settings, stop, probe, heartbeat)
 
 
-def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe) -> int:
+def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe, heartbeat: Heartbeat) -> int:
     dataset = load_dataset(settings)
     indices = settings.indices()
     current = open_run(settings.state_dir, settings.run_id)
@@ -73,7 +77,7 @@ def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe) -> int
     probe.follow(publisher.readiness)
     sent: list[str] = []
     try:
-        for position in schedule(len(indices), settings.seconds_between_images, stop):
+        for position in schedule(len(indices), settings.seconds_between_images, stop, heartbeat):
             index = int(indices[position])
             msg = image_message(
                 dataset, index, settings.source_id, image_id(current.id, settings.split, index, position)
@@ -85,6 +89,7 @@ def publish_run(settings: ProducerSettings, stop: StopFlag, probe: Probe) -> int
                 log.info("sent image %d/%d: %s (%s)", len(sent), len(indices), msg.id, msg.ground_truth)
     finally:
         # Also after SIGTERM: what was sent gets its chance to be acknowledged.
+        heartbeat.beat(then_waits=settings.flush_timeout_seconds)
         undelivered = publisher.flush(settings.flush_timeout_seconds)
     return finish(current, len(indices), sent, undelivered)
 

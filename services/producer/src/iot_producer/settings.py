@@ -8,10 +8,10 @@ from pathlib import Path
 from pydantic import Field
 
 from iot_shared.run_plan import RUN_ID_PATTERN, RunPlan
-from iot_shared.settings import ServiceSettings
+from iot_shared.settings import LoopSettings
 
 
-class ProducerSettings(ServiceSettings, RunPlan):
+class ProducerSettings(LoopSettings, RunPlan):
     metrics_port: int = Field(
         8001, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = off)"
     )

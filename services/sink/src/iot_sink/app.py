@@ -19,6 +19,7 @@ from iot_shared.batch_loop import BatchLoop, RetryLaterError
 from iot_shared.consumer import GroupMember
 from iot_shared.couch import make_client, ping
 from iot_shared.errors import ConfigError, summary
+from iot_shared.heartbeat import Heartbeat
 from iot_shared.http_server import Readiness, open_port
 from iot_shared.lifecycle import StopFlag, wait_until
 from iot_shared.publisher import Publisher
@@ -99,7 +100,11 @@ def connect_couch(settings: SinkSettings, stop: StopFlag) -> CloudantV1:
 
 
 def storage_loop(
-    settings: SinkSettings, member: GroupMember, publisher: Publisher, store: DocumentStore
+    settings: SinkSettings,
+    member: GroupMember,
+    publisher: Publisher,
+    store: DocumentStore,
+    heartbeat: Heartbeat | None = None,
 ) -> BatchLoop[ImageMessage | PredictionMessage]:
     return loop_from_settings(
         settings,
@@ -108,14 +113,19 @@ def storage_loop(
         decode=message_decoder(settings.images_topic),
         handle=document_writer(store),
         complete=pairs_complete(settings.images_topic, settings.predictions_topic),
+        heartbeat=heartbeat,
     )
 
 
 def run(settings: SinkSettings, stop: StopFlag) -> int:
-    with open_port(settings, "waiting for CouchDB") as probe:
+    heartbeat = Heartbeat(SERVICE, settings.stall_timeout_seconds)
+    with open_port(settings, "waiting for CouchDB", heartbeat.liveness) as probe:
         client = connect_couch(settings, stop)
         store = DocumentStore(client, settings.couchdb_db)
-        sweeper = ConflictSweeper(client, settings.couchdb_db, settings.conflict_sweep_seconds)
+        # A first sweep of a large database reads many pages of changes: each one beats.
+        sweeper = ConflictSweeper(
+            client, settings.couchdb_db, settings.conflict_sweep_seconds, beat=heartbeat.beat
+        )
         topics = [settings.images_topic, settings.predictions_topic]
         log.info("storing %s into %s/%s", " + ".join(topics), settings.couchdb_url, settings.couchdb_db)
         run_consumer(
@@ -125,7 +135,7 @@ def run(settings: SinkSettings, stop: StopFlag) -> int:
             SERVICE,
             consumes=topics,
             produces=[],
-            build_loop=lambda member, publisher: storage_loop(settings, member, publisher, store),
+            build_loop=lambda member, publisher: storage_loop(settings, member, publisher, store, heartbeat),
             depends_on=couch_readiness(client, settings.couchdb_db),
             # Between batches, and when none come, now and then: conflicting revisions merged.
             between=sweeper.sweep_if_due,

@@ -35,9 +35,17 @@ PAGE = 1000
 
 class ConflictSweeper:
     def __init__(
-        self, client: CloudantV1, db: str, every_seconds: float, clock: Callable[[], float] = time.monotonic
+        self,
+        client: CloudantV1,
+        db: str,
+        every_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        beat: Callable[[], None] = lambda: None,
     ) -> None:
+        """BEAT: called for each page of changes, so that a long first sweep (a database restored
+        without its checkpoint) is not taken for a hung loop (`iot_shared.heartbeat`)."""
         self._client = client
+        self._beat = beat
         self._db = db
         self._every = every_seconds
         self._clock = clock
@@ -66,6 +74,7 @@ class ConflictSweeper:
         since = self._since if self._since is not None else self._checkpoint()
         merged = 0
         while True:
+            self._beat()
             changes = self._changes(since)
             ids = [
                 r["id"] for r in changes["results"] if len(r["changes"]) > 1 and not r["id"].startswith("_")
