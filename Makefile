@@ -43,9 +43,15 @@ $(PY): $(UV) pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.t
 install: $(PY) tools ## Install the virtualenv, Kafka jars, CouchDB (built from source) and the test tools
 	$(STACK) install
 
-# Debian packages the tests use, as command:package: a real Prometheus, docker-compose to
-# validate the stack; and for `make test-deploy` the container engines, mmdebstrap and a registry.
-DEBIAN_TOOLS := prometheus:prometheus docker-compose:docker-compose
+# Debian packages the tests use, as command:package: a real Prometheus and the node exporter it
+# scrapes (tests/deploy/test_host_metrics.py), amtool to check the Alertmanager config,
+# docker-compose to validate the stack; and for `make test-deploy` the container engines,
+# mmdebstrap and a registry.
+DEBIAN_TOOLS := prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter \
+	amtool:prometheus-alertmanager docker-compose:docker-compose
+# Daemons those packages start on a machine run by systemd, on every interface: the tests run
+# their own, so they are stopped and disabled right after the install.
+DEBIAN_DAEMONS := prometheus prometheus-node-exporter prometheus-alertmanager
 DEPLOY_TOOLS := podman:podman buildah:buildah runc:runc /usr/lib/podman/netavark:netavark \
 	/usr/lib/podman/aardvark-dns:aardvark-dns mmdebstrap:mmdebstrap dockerd:docker.io \
 	docker-registry:docker-registry ssh-keygen:openssh-client iptables:iptables
@@ -61,7 +67,8 @@ missing=""; for pair in $(1); do tool=$${pair%%:*}; \
 if [ -n "$$missing" ]; then \
   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
     echo "installing Debian packages:$$missing"; \
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+    if [ -d /run/systemd/system ]; then systemctl disable --now $(DEBIAN_DAEMONS) >/dev/null 2>&1 || true; fi; \
   else echo "please install (Debian/Ubuntu: sudo apt-get install$$missing); the tests need them" >&2; exit 1; fi; \
 fi
 endef

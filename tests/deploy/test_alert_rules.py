@@ -55,6 +55,17 @@ def jmx_exporter_series() -> set[str]:
 
 # tests/integration/test_observability.py proves on a real broker that each query returns data.
 KAFKA_SERIES = jmx_exporter_series()
+# The node exporter's series (Debian's prometheus-node-exporter, on every VM as job `node`) that
+# the host rules and the dashboard's Hosts row read; tests/deploy/test_host_metrics.py proves that
+# a real node exporter exports each and that every Hosts query returns data from it.
+NODE_EXPORTER_SERIES = {
+    "node_cpu_seconds_total",
+    "node_memory_MemAvailable_bytes",
+    "node_memory_MemTotal_bytes",
+    "node_filesystem_avail_bytes",
+    "node_filesystem_size_bytes",
+    "node_filesystem_readonly",
+}
 ALERTS = (
     "IoTTargetDown",
     "IoTCouchDBDown",
@@ -69,6 +80,10 @@ ALERTS = (
     "IoTConsumerPaused",
     "IoTEndToEndLatencyHigh",
     "IoTAccuracyDropped",
+    "IoTHostDown",
+    "IoTHostDiskFull",
+    "IoTHostDiskFillingUp",
+    "IoTHostMemoryPressure",
 )
 
 
@@ -159,7 +174,7 @@ def queries() -> list[tuple[str, str]]:
 def test_the_promtool_tests_use_the_series_the_services_export() -> None:
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     names = {series["series"].split("{")[0] for test in tests for series in test["input_series"]}
-    assert names - exported_series() - PROMETHEUS_SERIES - KAFKA_SERIES == set()
+    assert names - exported_series() - PROMETHEUS_SERIES - KAFKA_SERIES - NODE_EXPORTER_SERIES == set()
 
 
 def test_metric_names_are_read_from_expressions() -> None:
@@ -171,7 +186,7 @@ def test_metric_names_are_read_from_expressions() -> None:
 
 
 def test_every_metric_in_a_rule_or_a_dashboard_query_is_exported() -> None:
-    known = exported_series() | PROMETHEUS_SERIES | COUCHDB_SERIES | KAFKA_SERIES
+    known = exported_series() | PROMETHEUS_SERIES | COUCHDB_SERIES | KAFKA_SERIES | NODE_EXPORTER_SERIES
     assert {"iot_sink_predictions_scored_total", "iot_consumer_paused", "iot_build_info"} <= known
     unknown = []
     for where, expr in queries():

@@ -300,6 +300,14 @@ VARIED = {
     "couchdb_image": f"{REGISTRY}/standins/couchdb:3.5.0",
     "monitoring_prometheus_image": f"{REGISTRY}/standins/prometheus:v3.1.0",
     "iot_couchdb_tls": False,
+    # Alertmanager's receivers: a webhook with a token, and e-mail with an SMTP login.
+    "monitoring_alert_webhook_url": "https://hooks.example.com/iot",
+    "vault_alert_webhook_token": "webhook-token-4d1f",
+    "monitoring_alert_email_to": "oncall@example.com",
+    "monitoring_alert_smtp_smarthost": "smtp.example.com:587",
+    "monitoring_alert_smtp_from": "alertmanager@example.com",
+    "monitoring_alert_smtp_username": "alertmanager@example.com",
+    "vault_alert_smtp_password": "smtp-password-8e2a",
 }
 
 
@@ -894,11 +902,12 @@ def rule_sources(rule: str) -> set[str]:
 
 
 def test_firewall_opens_only_the_ports_each_vm_needs(rendered: Render, inventory: Inventory) -> None:
+    # Every VM: SSH and its node exporter (9101).
     expected = {
-        "producer": {22, 8001},
-        "broker": {22, 9092, 9404},
-        "inference": {22, 8002},
-        "sink": {22, 8003, 6984, 17986, 3000, 9090},
+        "producer": {22, 9101, 8001},
+        "broker": {22, 9101, 9092, 9404},
+        "inference": {22, 9101, 8002},
+        "sink": {22, 9101, 8003, 6984, 17986, 3000, 9090, 9093},
     }
     for group, ports in expected.items():
         assert set(firewall_ports(rendered, inventory.host(group))) == ports, group
@@ -929,6 +938,8 @@ def test_firewall_opens_admin_ports_to_the_controller_not_to_everyone(
         ("couchdb", 17986): {monitoring, CONTROLLER},
         ("monitoring", 3000): {CONTROLLER},
         ("monitoring", 9090): {CONTROLLER},
+        ("monitoring", 9093): {CONTROLLER},
+        **{(group, 9101): {monitoring, CONTROLLER} for group in ("producer", "broker", "inference", "sink")},
     }
     for (group, port), sources in expected.items():
         assert rule_sources(firewall_ports(rendered, inventory.host(group))[port]) == sources, (group, port)
@@ -948,8 +959,9 @@ def test_admin_only_ports_stay_closed_while_the_controller_is_unknown(
     )
     assert result.returncode == 0, output(result)
     ports = firewall_ports(Render(tmp_path, ""), inventory.host("sink"))
-    assert set(ports) == {22, 8003, 6984, 17986}
+    assert set(ports) == {22, 9101, 8003, 6984, 17986}
     assert rule_sources(ports[8003]) == {inventory.address("monitoring")}
+    assert rule_sources(ports[9101]) == {inventory.address("monitoring")}
     assert rule_sources(ports[17986]) == {inventory.address("monitoring")}
     assert rule_sources(ports[6984]) == {inventory.address("sink")}
     # SSH stays open to everyone rather than locking the VM out.
@@ -993,6 +1005,17 @@ def test_prometheus_scrapes_every_service_on_its_vm(rendered: Render, inventory:
     assert "$KAFKA_JMX_EXPORTER" in exec_starts(unit)[0]
     rules = rendered.file(inventory.host("broker"), "/etc/kafka/jmx-exporter.yml").read_text()
     assert rules == (REPO / "deploy" / "prometheus" / "kafka-jmx-exporter.yml").read_text()
+    # Every target is labelled with its VM; every VM's node exporter, on its own address.
+    for job in config["scrape_configs"]:
+        if job["job_name"] != "prometheus":
+            assert all(group["labels"]["host"] in inventory.addresses for group in job["static_configs"]), job
+    [node] = [job for job in config["scrape_configs"] if job["job_name"] == "node"]
+    assert {g["labels"]["host"]: g["targets"] for g in node["static_configs"]} == {
+        host: [f"{address}:9101"] for host, address in inventory.addresses.items()
+    }
+    for host, address in inventory.addresses.items():
+        flags = rendered.file(host, "/etc/default/prometheus-node-exporter").read_text()
+        assert f"ARGS='--web.listen-address={address}:9101 " in flags, flags
 
 
 def test_prometheus_loads_the_same_alert_rules_as_compose(rendered: Render, inventory: Inventory) -> None:
@@ -1086,7 +1109,7 @@ def test_grafana_serves_https_only_and_reads_its_passwords_from_files(
     }
 
 
-@pytest.mark.parametrize("name", ["prometheus", "grafana"])
+@pytest.mark.parametrize("name", ["prometheus", "alertmanager", "grafana"])
 def test_monitoring_containers_are_hardened(rendered: Render, inventory: Inventory, name: str) -> None:
     command = unit_words(rendered, inventory.host("monitoring"), name)
     joined = " ".join(command)
@@ -1323,3 +1346,93 @@ def test_a_broker_layout_that_cannot_work_is_refused(
     )
     assert result.returncode != 0, output(result)
     assert message in result.stdout, output(result)
+
+
+# --- Alertmanager ------------------------------------------------------------------------
+
+ALERTMANAGER_BASE = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+
+
+def alertmanager_config(render: Render, inventory: Inventory) -> dict[str, Any]:
+    path = render.file(inventory.host("monitoring"), "/etc/iot/alertmanager/alertmanager.yml")
+    check = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    return config
+
+
+def test_alertmanager_routes_as_compose_and_without_receivers_only_keeps_the_alerts(
+    rendered: Render, inventory: Inventory
+) -> None:
+    config = alertmanager_config(rendered, inventory)
+    base = yaml.safe_load(ALERTMANAGER_BASE.read_text())
+    assert config["route"] == base["route"] and config["inhibit_rules"] == base["inhibit_rules"]
+    assert config["receivers"] == [{"name": base["route"]["receiver"]}]
+    assert "global" not in config
+
+
+def test_alertmanager_notifies_the_receivers_set_with_their_secrets_in_files(
+    varied: Render, inventory: Inventory
+) -> None:
+    host = inventory.host("monitoring")
+    config = alertmanager_config(varied, inventory)
+    [receiver] = config["receivers"]
+    assert receiver["webhook_configs"] == [
+        {
+            "url": "https://hooks.example.com/iot",
+            "send_resolved": True,
+            "http_config": {"authorization": {"credentials_file": "/etc/alertmanager/secrets/webhook_token"}},
+        }
+    ]
+    assert receiver["email_configs"] == [{"to": "oncall@example.com", "send_resolved": True}]
+    assert config["global"]["smtp_auth_password_file"] == "/etc/alertmanager/secrets/smtp_password"
+    assert config["global"]["smtp_smarthost"] == "smtp.example.com:587"
+    secrets_dir = "/etc/iot/alertmanager/secrets"
+    assert varied.file(host, f"{secrets_dir}/webhook_token").read_text() == "webhook-token-4d1f"
+    assert varied.file(host, f"{secrets_dir}/smtp_password").read_text() == "smtp-password-8e2a"
+    for name in ("/etc/iot/alertmanager/alertmanager.yml", "/etc/systemd/system/alertmanager.service"):
+        text = varied.file(host, name).read_text()
+        assert "webhook-token-4d1f" not in text and "smtp-password-8e2a" not in text, name
+    assert "webhook-token-4d1f" not in varied.log and "smtp-password-8e2a" not in varied.log
+
+
+def test_prometheus_sends_its_alerts_to_alertmanager_over_https_with_its_login(
+    rendered: Render, inventory: Inventory, secret_values: Secrets
+) -> None:
+    host, address = inventory.host("monitoring"), inventory.address("monitoring")
+    prometheus = yaml.safe_load(rendered.file(host, "/etc/iot/prometheus/prometheus.yml").read_text())
+    [target] = prometheus["alerting"]["alertmanagers"]
+    assert target["scheme"] == "https" and target["tls_config"] == {"ca_file": "/etc/prometheus/ca.pem"}
+    assert target["basic_auth"]["username"] == "prometheus"
+    assert target["static_configs"] == [{"targets": [f"{address}:9093"]}]
+    # Alertmanager serves HTTPS only on that address, asking the same login (the same hash).
+    web = yaml.safe_load(rendered.file(host, "/etc/iot/alertmanager/secrets/web.yml").read_text())
+    assert web["tls_server_config"]["cert_file"] == "/etc/alertmanager/secrets/tls.pem"
+    assert bcrypt.verify(secret_values.prometheus, web["basic_auth_users"]["prometheus"])
+    command = unit_words(rendered, host, "alertmanager")
+    assert f"--web.listen-address={address}:9093" in command
+    assert "--cluster.listen-address=" in command  # no gossip port: one Alertmanager
+
+
+# --- Watchdog ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "port"), [("inference", 8002), ("sink", 8003)])
+def test_a_long_running_service_gets_a_watchdog_on_its_health_endpoint(
+    rendered: Render, inventory: Inventory, name: str, port: int
+) -> None:
+    host, address = inventory.host(name), inventory.address(name)
+    units = rendered.root / host / "etc" / "systemd" / "system"
+    [command] = exec_starts((units / f"iot-{name}-watchdog.service").read_text())
+    assert command[:2] == ["/usr/bin/python3", "/usr/local/lib/iot/iot-watchdog.py"]
+    assert command[command.index("--url") + 1] == f"http://{address}:{port}/healthz"
+    assert command[command.index("--unit") + 1] == f"iot-{name}.service"
+    timer = (units / f"iot-{name}-watchdog.timer").read_text()
+    assert "OnUnitActiveSec=20" in timer
+    script = rendered.file(host, "/usr/local/lib/iot/iot-watchdog.py")
+    assert script.read_text() == (ANSIBLE / "roles" / "service" / "files" / "iot-watchdog.py").read_text()
+
+
+def test_the_one_shot_producer_gets_no_watchdog(rendered: Render, inventory: Inventory) -> None:
+    units = rendered.root / inventory.host("producer") / "etc" / "systemd" / "system"
+    assert not list(units.glob("*watchdog*"))

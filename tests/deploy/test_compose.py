@@ -4,7 +4,8 @@ What would otherwise only fail at `make up`: an invalid compose file, a missing 
 starts the stack anyway, a setting the service does not read, a command that does not exist,
 Prometheus scraping the wrong port, a dependency on a health check nobody runs, a scaled
 service that cannot scale, a variable .env.example does not define, versions that drift from the
-Ansible deployment.
+Ansible deployment, an Alertmanager configuration it refuses or whose inhibitions name alerts
+that do not exist.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ LOCAL_DATA = {
 }
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 PROMETHEUS_CONFIG = COMPOSE_DIR / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
+ALERT_RULE_TESTS = REPO / "tests" / "deploy" / "prometheus" / "alerts_test.yml"
 ANSIBLE_DEFAULTS = REPO / "deploy" / "ansible" / "roles"
 # Which settings class reads the environment of each Compose service built from our images.
 SETTINGS: dict[str, type[ServiceSettings]] = {
@@ -65,6 +69,7 @@ THIRD_PARTY = {  # service -> the variable that names its image
     "kafka": "KAFKA_IMAGE",
     "couchdb": "COUCHDB_IMAGE",
     "prometheus": "PROMETHEUS_IMAGE",
+    "alertmanager": "ALERTMANAGER_IMAGE",
     "grafana": "GRAFANA_IMAGE",
 }
 
@@ -414,6 +419,7 @@ def test_services_restart_share_one_network_and_keep_data_on_named_volumes(resol
         "kafka": "/var/lib/kafka/data",
         "couchdb": "/opt/couchdb/data",
         "prometheus": "/prometheus",
+        "alertmanager": "/alertmanager",  # its silences and notification log
         "grafana": "/var/lib/grafana",
         "producer": "/var/lib/iot-producer",
     }
@@ -489,6 +495,7 @@ def test_third_party_images_are_pinned_and_match_the_ansible_deployment(resolved
         ansible.update(yaml.safe_load((ANSIBLE_DEFAULTS / role / "defaults" / "main.yml").read_text()))
     assert images["couchdb"] == ansible["couchdb_image"]
     assert images["prometheus"] == ansible["monitoring_prometheus_image"]
+    assert images["alertmanager"] == ansible["monitoring_alertmanager_image"]
     assert images["grafana"] == ansible["monitoring_grafana_image"]
 
 
@@ -528,7 +535,8 @@ def test_published_ports_listen_on_loopback_only(resolved: dict[str, Any]) -> No
     # Docker's published ports bypass the host firewall: on all interfaces they would expose
     # Kafka, CouchDB, Prometheus and Grafana to the whole network.
     ports = {name: published(service) for name, service in resolved["services"].items()}
-    assert {name for name, found in ports.items() if found} >= {"kafka", "couchdb", "prometheus", "grafana"}
+    published_services = {name for name, found in ports.items() if found}
+    assert published_services >= {"kafka", "couchdb", "prometheus", "alertmanager", "grafana"}
     for name, found in ports.items():
         for host_ip, _ in found:
             assert host_ip == "127.0.0.1", f"{name} publishes on {host_ip or 'every interface'}"
@@ -539,6 +547,141 @@ def test_prometheus_loads_the_repository_alert_rules(resolved: dict[str, Any]) -
     mounted = mounts(resolved["services"]["prometheus"])
     [rule_file] = config["rule_files"]
     assert Path(mounted[rule_file]) == REPO / "deploy" / "prometheus" / "alerts.yml"
+
+
+# --- Alertmanager ---------------------------------------------------------------------------
+
+
+def read_only_mounts(service: dict[str, Any]) -> set[str]:
+    """Container paths mounted read-only; v1 prints `src:dst:ro`, v2 a mapping with read_only."""
+    found = set()
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            if "ro" in parts[2:]:
+                found.add(parts[1])
+        elif volume.get("read_only"):
+            found.add(volume["target"])
+    return found
+
+
+def flags(service: dict[str, Any]) -> dict[str, str]:
+    """`--name=value` of the service's command: name -> value."""
+    return dict(arg.removeprefix("--").partition("=")[::2] for arg in service.get("command", []))
+
+
+def amtool_check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [find_tool("amtool"), "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_alertmanager_runs_hardened_with_its_config_read_only_and_on_loopback(
+    resolved: dict[str, Any],
+) -> None:
+    services = resolved["services"]
+    alertmanager = services["alertmanager"]
+    # As the pipeline's own containers run: no capability, read-only root, bounded processes.
+    for key in ("cap_drop", "security_opt", "read_only", "tmpfs", "pids_limit"):
+        assert alertmanager[key] == services["sink"][key], key
+    assert Path(mounts(alertmanager)["/etc/alertmanager/alertmanager.yml"]) == ALERTMANAGER_CONFIG
+    assert "/etc/alertmanager/alertmanager.yml" in read_only_mounts(alertmanager)
+    command = flags(alertmanager)
+    assert command["config.file"] == "/etc/alertmanager/alertmanager.yml"
+    assert command["storage.path"] == "/alertmanager"  # on a named volume (the test above)
+    # One instance: no gossip port, which would otherwise listen on every interface.
+    assert command["cluster.listen-address"] == ""
+    assert published(alertmanager) == [("127.0.0.1", 9093)]
+    assert "web.listen-address" not in command, "Prometheus and the published port expect :9093"
+
+
+def test_prometheus_sends_its_alerts_to_the_alertmanager(resolved: dict[str, Any]) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    [alertmanagers] = config["alerting"]["alertmanagers"]
+    targets = [target for static in alertmanagers["static_configs"] for target in static["targets"]]
+    assert targets == ["alertmanager:9093"]
+    # Started first, but not waited for: Prometheus queues its alerts until Alertmanager answers.
+    depends = resolved["services"]["prometheus"]["depends_on"]
+    assert depends["alertmanager"]["condition"] == "service_started"
+
+
+def test_amtool_accepts_the_alertmanager_config_and_its_example_notifiers(tmp_path: Path) -> None:
+    result = amtool_check_config(ALERTMANAGER_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The commented notifiers below the `default` receiver are what the README tells users to
+    # uncomment: they must load too (in Debian's amtool 0.25 as in the image's 0.28).
+    head, receiver, examples = ALERTMANAGER_CONFIG.read_text().partition("  - name: default\n")
+    assert receiver and "webhook_configs:" in examples and "email_configs:" in examples
+    uncommented = tmp_path / "alertmanager.yml"
+    uncommented.write_text(head + receiver + re.sub(r"^(\s*)# ", r"\1", examples, flags=re.MULTILINE))
+    assert yaml.safe_load(uncommented.read_text())["receivers"][0]["email_configs"]
+    result = amtool_check_config(uncommented)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(.*)"')
+
+
+def parsed(matchers: list[str]) -> list[tuple[str, str, str]]:
+    """`name="value"` matchers as (label, operator, value)."""
+    found = []
+    for matcher in matchers:
+        match = MATCHER.fullmatch(matcher.strip())
+        assert match, f"not a matcher: {matcher}"
+        found.append((match[1], match[2], match[3]))
+    return found
+
+
+def firing_labels() -> dict[str, list[dict[str, str]]]:
+    """Alert name -> the labels of each alert promtool's rule tests expect it to fire with."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for case in yaml.safe_load(ALERT_RULE_TESTS.read_text())["tests"]:
+        for check in case.get("alert_rule_test", []):
+            for alert in check.get("exp_alerts") or []:
+                found.setdefault(check["alertname"], []).append(alert.get("exp_labels", {}))
+    return found
+
+
+def test_inhibit_rules_name_alerts_that_exist_with_the_labels_they_compare() -> None:
+    """An inhibition that names a renamed alert, or a label the alert does not carry, mutes
+    nothing, or everything: checked against the rules and their promtool tests."""
+    rules = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    alerts = {rule["alert"] for group in rules for rule in group["rules"] if "alert" in rule}
+    firing = firing_labels()
+    inhibit_rules = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["inhibit_rules"]
+    assert inhibit_rules
+    for rule in inhibit_rules:
+        source, target = parsed(rule["source_matchers"]), parsed(rule.get("target_matchers", []))
+        [name] = [value for label, op, value in source if label == "alertname" and op == "="]
+        assert name in alerts, f"inhibit rule's source {name} is not an alert of {ALERT_RULES.name}"
+        for label, op, value in target:
+            if label == "alertname":
+                named = set(value.split("|")) if op in ("=~", "!~") else {value}
+                assert named <= alerts, f"{name}'s inhibit rule names {named - alerts}, not alerts"
+        # Alertmanager counts a label missing on both sides as equal: a source without it would
+        # mute every alert without it. So the source carries it, or the rule requires it.
+        for label in rule.get("equal", []):
+            required = (label, "=~", ".+") in source
+            carried = bool(firing.get(name)) and all(label in labels for labels in firing[name])
+            assert required or carried, (
+                f'{name} may fire without `{label}`: add {label}=~".+" to its matchers'
+            )
+        # A target named by its alert fires, in promtool's tests, with the labels the rule expects.
+        named_targets = [
+            alert
+            for label, op, value in target
+            if label == "alertname" and op in ("=", "=~")
+            for alert in value.split("|")
+        ]
+        wanted = {label: value for label, op, value in target if label != "alertname" and op == "="}
+        for target_name in named_targets:
+            assert any(wanted.items() <= labels.items() for labels in firing.get(target_name, [])), (
+                f"{target_name} never fires with {wanted} in {ALERT_RULE_TESTS.name}"
+            )
 
 
 def test_grafana_is_an_optional_profile_that_env_example_turns_on(resolved: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from tests.e2e.engines import Dockerd, private_dockerd
 from tests.e2e.hosts import GATEWAY, Host, hosts
 from tests.e2e.kafka_release import build_kafka_release
 from tests.e2e.python_base import import_base_image
-from tests.e2e.servers import file_server, registry
+from tests.e2e.servers import AlertReceiver, alert_receiver, file_server, registry
 
 # The jars deploy/local/stack.sh install resolves: Kafka 3.9 (ZooKeeper mode) and Kafka 4 (KRaft).
 KAFKA_RELEASES = {
@@ -67,6 +67,7 @@ class Deployment:
     extra_vars: dict[str, Any]  # what the playbook was run with
     kafka_passwords: dict[str, str]  # admin, producer, inference, sink, audit
     prometheus_password: str
+    alerts: AlertReceiver  # what Alertmanager's webhook has sent
     images: int = IMAGES_SENT
 
     @property
@@ -175,7 +176,7 @@ def project_images(dockerd: Dockerd, image_build_args: dict[str, str]) -> list[s
 
 @pytest.fixture(scope="session")
 def pushed_images(dockerd: Dockerd, image_registry: str, project_images: list[str]) -> dict[str, Any]:
-    """The project's images and the CouchDB and Prometheus stand-ins, pushed to the test
+    """The project's images and the CouchDB, Prometheus and Alertmanager stand-ins, pushed to the test
     registry; the role variables that make the hosts pull them from there."""
 
     def push(local: str, remote: str) -> str:
@@ -187,6 +188,7 @@ def pushed_images(dockerd: Dockerd, image_registry: str, project_images: list[st
         push(image, f"{image_registry}/iot/{image.split(':')[0]}:{IMAGE_TAG}")
     couchdb = standins.ensure_image(standins.COUCHDB, dockerd.command, dockerd.env)
     prometheus = standins.ensure_image(standins.PROMETHEUS, dockerd.command, dockerd.env)
+    alertmanager = standins.ensure_image(standins.ALERTMANAGER, dockerd.command, dockerd.env)
     return {
         "iot_image_source": "pull",
         "iot_image_registry": f"{image_registry}/iot",
@@ -194,6 +196,9 @@ def pushed_images(dockerd: Dockerd, image_registry: str, project_images: list[st
         "docker_insecure_registries": [image_registry],
         "couchdb_image": push(couchdb, f"{image_registry}/standins/couchdb:3.5.0"),
         "monitoring_prometheus_image": push(prometheus, f"{image_registry}/standins/prometheus:v3.1.0"),
+        "monitoring_alertmanager_image": push(
+            alertmanager, f"{image_registry}/standins/alertmanager:v0.28.1"
+        ),
     }
 
 
@@ -223,11 +228,19 @@ def kafka_download(testbed: dict[str, Host], workdir: Path) -> Iterator[dict[str
 
 
 @pytest.fixture(scope="session")
+def alert_webhook(testbed: dict[str, Host]) -> Iterator[tuple[str, AlertReceiver]]:
+    """Where Alertmanager sends its notifications: a webhook on the test network's gateway."""
+    with alert_receiver(GATEWAY) as webhook:
+        yield webhook
+
+
+@pytest.fixture(scope="session")
 def deployment(
     testbed: dict[str, Host],
     workdir: Path,
     kafka_download: dict[str, str],
     pushed_images: dict[str, Any],
+    alert_webhook: tuple[str, AlertReceiver],
 ) -> Deployment:
     """site.yml, unchanged, run twice against vm1-vm4."""
     couchdb_password = secrets.token_urlsafe(18)
@@ -251,6 +264,7 @@ def deployment(
         "docker_install_source": "distro",
         "monitoring_grafana_enabled": False,
         "iot_producer_interval_seconds": 1,
+        "monitoring_alert_webhook_url": alert_webhook[0],
     }
     first = run_playbook(workdir / "inventory.ini", extra_vars, workdir)
     second = run_playbook(workdir / "inventory.ini", extra_vars, workdir) if first.returncode == 0 else first
@@ -273,4 +287,5 @@ def deployment(
         extra_vars,
         kafka_passwords,
         prometheus_password,
+        alert_webhook[1],
     )

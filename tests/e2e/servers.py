@@ -1,4 +1,5 @@
-"""What the test machine serves to the hosts: files over HTTP and an image registry.
+"""What the test machine serves to the hosts: files over HTTP, an image registry, and a webhook
+that receives Alertmanager's notifications.
 
 Both listen on the test network's gateway address (the hosts' only way to the test machine) and
 on nothing else.
@@ -7,12 +8,14 @@ on nothing else.
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -34,6 +37,49 @@ def file_server(directory: Path, address: str, port: int = 8080) -> Iterator[str
     thread.start()
     try:
         yield f"http://{address}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class AlertReceiver:
+    """Every notification Alertmanager's webhook has POSTed, in order (its JSON bodies)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received: list[dict[str, Any]] = []
+
+    def add(self, notification: dict[str, Any]) -> None:
+        with self._lock:
+            self._received.append(notification)
+
+    def alerts(self, status: str = "firing") -> list[dict[str, Any]]:
+        """Each alert of every notification so far whose status is STATUS."""
+        with self._lock:
+            notifications = list(self._received)
+        return [a for n in notifications for a in n.get("alerts", []) if a.get("status") == status]
+
+
+@contextmanager
+def alert_receiver(address: str, port: int = 8090) -> Iterator[tuple[str, AlertReceiver]]:
+    """A webhook at http://ADDRESS:PORT/alerts; yields its URL and what it receives."""
+    received = AlertReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.add(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{address}:{port}/alerts", received
     finally:
         server.shutdown()
         server.server_close()

@@ -1,13 +1,14 @@
 """Stand-ins for the third-party images of the Compose stack, which cannot be pulled here.
 
-No registry is reachable from this machine (no Docker Hub), so `couchdb`, `prom/prometheus` and
-`confluentinc/cp-zookeeper` / `cp-kafka` are replaced, for the tests only, by images made from
-Debian bookworm (mmdebstrap, variant minbase, plus the packages named below) and what the
-project's `make install` made (`deploy/local/.kafka/libs`, Kafka's jars from Maven Central, and
+No registry is reachable from this machine (no Docker Hub), so `couchdb`, `prom/prometheus`,
+`prom/alertmanager` and `confluentinc/cp-zookeeper` / `cp-kafka` are replaced, for the tests
+only, by images made from Debian bookworm (mmdebstrap, variant minbase, plus the packages named
+below) and what the project's `make install` made (`deploy/local/.kafka/libs`, Kafka's jars from Maven Central, and
 `deploy/local/.couchdb`, CouchDB built from source).
 Each root filesystem is cached as a tarball (`tests.e2e.rootfs`, keyed by what goes in) and
 imported into an engine (`docker import` / `podman import` with `--change`) under a name the
-test gives Compose through `KAFKA_IMAGE`, `ZOOKEEPER_IMAGE`, `COUCHDB_IMAGE`, `PROMETHEUS_IMAGE`.
+test gives Compose through `KAFKA_IMAGE`, `ZOOKEEPER_IMAGE`, `COUCHDB_IMAGE`, `PROMETHEUS_IMAGE`,
+`ALERTMANAGER_IMAGE`.
 The scripts copied in are in `standin-files/` beside this module.
 
 They run the stack's files unchanged: the same environment variables, mounts, volumes, ports and
@@ -38,6 +39,23 @@ prometheus (for `prom/prometheus:v3.1.0`): Debian's `prometheus` package, 2.42, 
     features would fail here. The default prometheus.yml is Debian's (the stack mounts its own).
   - moment-timezone's raw data (220 MB, which the UI does not load) is left out.
 
+alertmanager (for `prom/alertmanager:v0.28.1`): Debian's `prometheus-alertmanager` package,
+  0.25, not 0.28.
+  - Same entry point `/bin/alertmanager` (a link to Debian's `/usr/bin/prometheus-alertmanager`),
+    default arguments (`--config.file=/etc/alertmanager/alertmanager.yml
+    --storage.path=/alertmanager`), user nobody, workdir and VOLUME `/alertmanager` (owned by
+    nobody, as is `/etc/alertmanager`), port 9093, and `amtool` on the PATH. The default
+    alertmanager.yml is upstream's `examples/ha` one, as in the real image (the stack mounts its
+    own). The flags compose.yaml and the Ansible role pass (`--config.file`, `--storage.path`,
+    `--cluster.listen-address=`, `--web.external-url`, `--web.listen-address`,
+    `--web.config.file`) all exist in 0.25.
+  - No web UI: Debian does not ship it (its Elm build); `/` is a page that says so. The API
+    (`/api/v2`), `/-/ready`, `/-/healthy`, `/-/reload`, `/metrics` and amtool work as in 0.28.
+  - Alertmanager 0.25's configuration: no `url_file` for webhooks (0.26), nor the notifiers 0.28
+    added (Jira, Rocket.Chat, Teams through Flows); `smtp_auth_password_file` /
+    `auth_password_file`, `http_config.authorization.credentials_file` and `source_matchers` /
+    `target_matchers` exist. Prometheus talks to it with the API v2, as to 0.28.
+
 kafka (one image for both `confluentinc/cp-zookeeper:7.7.1` and `confluentinc/cp-kafka:7.7.1`):
   Apache Kafka 3.9.2's jars from Maven Central (`deploy/local/pom.xml`) in
   `/usr/share/java/kafka` on Debian's OpenJDK 17 JRE (headless); Confluent 7.7.1 ships Kafka
@@ -64,7 +82,7 @@ kafka (one image for both `confluentinc/cp-zookeeper:7.7.1` and `confluentinc/cp
   - Runs as `appuser` (uid 1000) as Confluent's, but declares no VOLUME (one image serves both
     roles: each would otherwise get anonymous volumes for the other's folders).
 
-All three: one layer, `ENV PATH` and `LANG=C.UTF-8`, packages from the Debian mirror at build
+All four: one layer, `ENV PATH` and `LANG=C.UTF-8`, packages from the Debian mirror at build
 time, no HEALTHCHECK (neither have the real images). A label carries the recipe's key; a changed
 recipe is imported again.
 """
@@ -174,6 +192,32 @@ PROMETHEUS: Final = StandIn(
     ),
 )
 
+ALERTMANAGER: Final = StandIn(
+    name="standin-alertmanager",
+    replaces=("prom/alertmanager:v0.28.1",),
+    tag="localhost/iot-standin-alertmanager:0.25",
+    packages=("prometheus-alertmanager",),
+    hooks=(
+        # The real image's names: /bin/alertmanager (Debian's binary is prometheus-alertmanager),
+        # and upstream's example configuration, which Debian ships as documentation.
+        'ln -s /usr/bin/prometheus-alertmanager "$1/bin/alertmanager"',
+        'mkdir -p "$1/etc/alertmanager" "$1/alertmanager"',
+        'cp "$1/usr/share/doc/prometheus-alertmanager/examples/ha/alertmanager.yml" "$1/etc/alertmanager/"',
+        'chroot "$1" chown -R nobody:nogroup /etc/alertmanager /alertmanager',
+        NO_DOCS,
+    ),
+    inputs=(),
+    changes=(
+        *BASE_CHANGES,
+        "USER nobody",
+        "WORKDIR /alertmanager",
+        "VOLUME /alertmanager",
+        "EXPOSE 9093",
+        'ENTRYPOINT ["/bin/alertmanager"]',
+        'CMD ["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager"]',
+    ),
+)
+
 KAFKA: Final = StandIn(
     name="standin-kafka",
     replaces=("confluentinc/cp-zookeeper:7.7.1", "confluentinc/cp-kafka:7.7.1"),
@@ -204,7 +248,7 @@ KAFKA: Final = StandIn(
     ),
 )
 
-ALL: Final = (COUCHDB, PROMETHEUS, KAFKA)
+ALL: Final = (COUCHDB, PROMETHEUS, ALERTMANAGER, KAFKA)
 
 
 def rootfs(standin: StandIn) -> Path:

@@ -24,11 +24,21 @@ from tests.e2e.conftest import Deployment
 from tests.e2e.hosts import Host, restart_host
 from tests.tls import another_ca
 
+NODE_EXPORTER = "prometheus-node-exporter"
 UNITS = {
-    "vm1": ["iot-firewall", "docker"],  # and iot-producer, a oneshot: see below
-    "vm2": ["iot-firewall", "zookeeper", "kafka"],
-    "vm3": ["iot-firewall", "docker", "iot-inference"],
-    "vm4": ["iot-firewall", "docker", "couchdb", "prometheus", "iot-sink"],
+    "vm1": ["iot-firewall", NODE_EXPORTER, "docker"],  # and iot-producer, a oneshot: see below
+    "vm2": ["iot-firewall", NODE_EXPORTER, "zookeeper", "kafka"],
+    "vm3": ["iot-firewall", NODE_EXPORTER, "docker", "iot-inference", "iot-inference-watchdog.timer"],
+    "vm4": [
+        "iot-firewall",
+        NODE_EXPORTER,
+        "docker",
+        "couchdb",
+        "prometheus",
+        "alertmanager",
+        "iot-sink",
+        "iot-sink-watchdog.timer",
+    ],
 }
 TOPICS = {"iot-topic", "iot-predictions", "iot-dlq"}
 
@@ -189,7 +199,8 @@ def test_no_test_password_in_a_journal_or_an_image_layer(deployment: Deployment)
 
 
 @pytest.mark.parametrize(
-    ("vm", "name"), [("vm3", "iot-inference"), ("vm4", "iot-sink"), ("vm4", "prometheus")]
+    ("vm", "name"),
+    [("vm3", "iot-inference"), ("vm4", "iot-sink"), ("vm4", "prometheus"), ("vm4", "alertmanager")],
 )
 def test_service_containers_are_hardened(deployment: Deployment, vm: str, name: str) -> None:
     config = json.loads(deployment.hosts[vm].sh(f"docker inspect --format '{{{{json .HostConfig}}}}' {name}"))
@@ -199,7 +210,7 @@ def test_service_containers_are_hardened(deployment: Deployment, vm: str, name: 
 
 
 def test_prometheus_scrapes_inference_sink_couchdb_kafka_and_itself(deployment: Deployment) -> None:
-    def up() -> dict[str, str]:
+    def up() -> dict[tuple[str, str], str]:
         response = requests.get(
             f"{deployment.prometheus_url}/api/v1/query",
             params={"query": "up"},
@@ -207,11 +218,22 @@ def test_prometheus_scrapes_inference_sink_couchdb_kafka_and_itself(deployment: 
             verify=str(deployment.ca_file),
             timeout=10,
         )
-        return {r["metric"]["job"]: r["value"][1] for r in response.json()["data"]["result"]}
+        return {
+            (r["metric"]["job"], r["metric"].get("host", "")): r["value"][1]
+            for r in response.json()["data"]["result"]
+        }
 
-    wait_for("Prometheus on vm4: up == 1 for inference, sink, CouchDB, the broker and itself", lambda: {
-        "inference", "sink", "couchdb", "kafka", "prometheus"} <= {job for job, value in up().items() if value == "1"
-    }, 120)  # fmt: skip
+    # Each target labelled with its VM; every VM's node exporter.
+    expected = {
+        ("inference", "vm3"),
+        ("sink", "vm4"),
+        ("couchdb", "vm4"),
+        ("kafka", "vm2"),
+        ("prometheus", ""),
+    }
+    expected |= {("node", vm) for vm in UNITS}
+    wait_for("Prometheus on vm4: up == 1 for inference, sink, CouchDB, the broker, the VMs and itself",
+             lambda: expected <= {target for target, value in up().items() if value == "1"}, 120)  # fmt: skip
 
 
 def test_prometheus_answers_only_over_https_and_only_with_its_login(deployment: Deployment) -> None:
@@ -253,6 +275,8 @@ def test_firewall_allows_only_what_the_pipeline_needs(deployment: Deployment) ->
     assert not connects(vm1, vm4.address, 5984), "CouchDB's plain port must not be reachable from other VMs"
     assert not connects(vm1, vm4.address, 17986), "CouchDB's metrics must only be reachable from monitoring"
     assert not connects(vm1, vm2.address, 22), "SSH is the controller's (the admins') only"
+    assert not connects(vm1, vm2.address, 9101), "a VM's node exporter is Prometheus's and the admins' only"
+    assert not connects(vm1, vm4.address, 9093), "Alertmanager is the admins' only"
 
 
 def test_no_secret_in_ansibles_output(deployment: Deployment) -> None:
@@ -264,6 +288,77 @@ def test_no_secret_in_ansibles_output(deployment: Deployment) -> None:
 def test_second_run_changes_nothing(deployment: Deployment) -> None:
     recap = assert_clean_recap(deployment.second_run)
     assert all(counts["changed"] == 0 for counts in recap.values()), deployment.second_run.changed_tasks()
+
+
+def active_since(host: Host, unit: str) -> str:
+    return host.sh(f"systemctl show {unit} --property=ActiveEnterTimestampMonotonic").strip()
+
+
+def test_a_hung_service_is_restarted_by_its_watchdog(deployment: Deployment) -> None:
+    """A paused container is alive to systemd and Docker but answers nothing; its watchdog
+    restarts it after failed health checks in a row."""
+    vm3 = deployment.hosts["vm3"]
+    started = active_since(vm3, "iot-inference")
+    vm3.sh("docker pause iot-inference")
+    try:
+        wait_for(
+            "the watchdog to restart the paused inference",
+            lambda: active_since(vm3, "iot-inference") != started,
+            240,
+        )
+    finally:
+        vm3.sh("docker unpause iot-inference", check=False)
+    wait_for("inference ready again on vm3", lambda: deployment.ready("vm3", 8002), 300)
+    log = vm3.sh("journalctl -u iot-inference-watchdog --no-pager")
+    assert "3 of 3 in a row" in log and "restarting it" in log, log[-3000:]
+
+
+FILLED = "/mnt/iot-filled"  # a small file system on vm2, filled past the disk alert's threshold
+
+
+def firing(deployment: Deployment, name: str, **labels: str) -> list[dict[str, Any]]:
+    """The firing alerts NAME with LABELS the webhook has received."""
+    return [
+        alert
+        for alert in deployment.alerts.alerts("firing")
+        if alert["labels"].get("alertname") == name
+        and all(alert["labels"].get(key) == value for key, value in labels.items())
+    ]
+
+
+def test_a_stopped_sink_and_a_full_disk_reach_a_person_through_alertmanager(
+    deployment: Deployment,
+) -> None:
+    """Prometheus fires, Alertmanager routes, the webhook (this test's, on the gateway) is told:
+    each alert with its name, its labels and its runbook."""
+    vm2, vm4 = deployment.hosts["vm2"], deployment.hosts["vm4"]
+    image = "/var/tmp/iot-filled.img"  # noqa: S108 (on vm2)
+    vm2.sh(
+        f"truncate --size 64M {image} && mkfs.ext4 -q -F {image} && mkdir -p {FILLED}"
+        f" && mount -o loop {image} {FILLED}"
+        f" && fallocate --length $(( $(df --output=avail -B1 {FILLED} | tail -1) * 95 / 100 )) {FILLED}/fill"
+    )
+    vm4.sh("systemctl stop iot-sink")
+    try:
+        sink_down = wait_for(
+            "IoTTargetDown for vm4's sink at the webhook",
+            lambda: firing(deployment, "IoTTargetDown", job="sink", host="vm4"),
+            300,
+        )
+        disk_full = wait_for(
+            f"IoTHostDiskFull for vm2's {FILLED} at the webhook",
+            lambda: firing(deployment, "IoTHostDiskFull", host="vm2", mountpoint=FILLED),
+            300,
+        )
+    finally:
+        vm4.sh("systemctl start iot-sink")
+        vm2.sh(f"umount {FILLED}; rmdir {FILLED}; rm -f {image}", check=False)
+    for alert, severity in ((sink_down[0], "critical"), (disk_full[0], "warning")):
+        assert alert["labels"]["severity"] == severity, alert
+        assert alert["annotations"]["summary"], alert
+        runbook = alert["annotations"]["runbook"]
+        assert runbook == f"docs/operating.md#{alert['labels']['alertname'].lower()}", alert
+    wait_for("the sink ready again on vm4", lambda: deployment.ready("vm4", 8003), 300)
 
 
 @pytest.mark.parametrize("how", ["systemctl restart", "reboot"])

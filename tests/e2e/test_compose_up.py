@@ -3,7 +3,8 @@
 What `tests/deploy/test_compose.py` cannot prove without an engine: the three images build from
 the repository, every container with a health check becomes healthy, the passwords are secret
 files that `docker inspect` does not show, images flow from the
-producer through Kafka and inference into CouchDB, `--scale inference=2` splits the images
+producer through Kafka and inference into CouchDB, Prometheus sends its alerts to an Alertmanager
+that answers on 127.0.0.1, `--scale inference=2` splits the images
 topic's partitions between two members, and `make down` then `make up` keeps the data. Then,
 with the images already built, `make up SECURE=1` on fresh volumes: the images are stored end to
 end with every service logged in to Kafka over SASL_SSL as its own user and the sink writing to
@@ -207,6 +208,10 @@ class Stack:
     def prometheus(self) -> str:
         return f"http://127.0.0.1:{self.settings['PROMETHEUS_HOST_PORT']}"
 
+    @property
+    def alertmanager(self) -> str:
+        return f"http://127.0.0.1:{self.settings['ALERTMANAGER_HOST_PORT']}"
+
 
 def service(container: dict[str, Any]) -> str:
     return str(container["Config"]["Labels"].get("com.docker.compose.service", "?"))
@@ -304,6 +309,7 @@ def stack(
         "KAFKA_IMAGE": images["confluentinc/cp-kafka:7.7.1"],
         "COUCHDB_IMAGE": images["couchdb:3.5.0"],
         "PROMETHEUS_IMAGE": images["prom/prometheus:v3.1.0"],
+        "ALERTMANAGER_IMAGE": images["prom/alertmanager:v0.28.1"],
         # PYTHON_IMAGE, TORCH_INDEX_URL, WEIGHTS_URL, CIFAR_URL, CIFAR_MD5, BUILD_CA_CERTS
         **image_build_args,
         "PRODUCER_COUNT": str(IMAGES_SENT),
@@ -312,6 +318,7 @@ def stack(
         "COUCHDB_HOST_PORT": str(free_port()),
         "COUCHDB_TLS_HOST_PORT": str(free_port()),
         "PROMETHEUS_HOST_PORT": str(free_port()),
+        "ALERTMANAGER_HOST_PORT": str(free_port()),
         "GRAFANA_HOST_PORT": str(free_port()),
     }
     env_file = workdir / "compose.env"
@@ -412,6 +419,21 @@ def test_prometheus_scrapes_inference_sink_and_couchdb(stack: Stack) -> None:
         return jobs if {"inference", "sink", "couchdb"} <= jobs else None
 
     wait_for("Prometheus scraping inference, sink and CouchDB's own metrics", up_jobs, 60)
+
+
+def test_prometheus_sends_its_alerts_to_an_alertmanager_that_is_ready(stack: Stack) -> None:
+    def both() -> list[str] | None:
+        try:
+            ready = requests.get(f"{stack.alertmanager}/-/ready", timeout=5)
+            listed = requests.get(f"{stack.prometheus}/api/v1/alertmanagers", timeout=5)
+        except requests.RequestException:
+            return None
+        if ready.status_code != 200 or listed.status_code != 200:
+            return None
+        active = [am["url"] for am in listed.json()["data"]["activeAlertmanagers"]]
+        return active if any("//alertmanager:9093/" in url for url in active) else None
+
+    wait_for("Alertmanager ready on 127.0.0.1 and active in Prometheus", both, 60)
 
 
 def consumer_group(stack: Stack, group: str) -> dict[str, set[int]]:
