@@ -89,7 +89,7 @@ def tool(name: str) -> str:
     return found
 
 
-def run(args: list[str], home: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], home: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -350,7 +350,17 @@ def test_site_passes_the_syntax_check(ansible_home: Path) -> None:
 
 
 def test_every_role_has_the_standard_layout() -> None:
-    roles = {"java", "kafka", "docker", "couchdb", "service", "monitoring", "firewall", "pki"}
+    roles = {
+        "java",
+        "kafka",
+        "docker",
+        "couchdb",
+        "service",
+        "monitoring",
+        "firewall",
+        "pki",
+        "node_exporter",
+    }
     # `render` deploys nothing: the other roles include it in render-only mode, with their templates.
     helpers = {"render"}
     assert {p.name for p in (ANSIBLE / "roles").iterdir() if p.is_dir()} == roles | helpers
