@@ -1139,7 +1139,7 @@ def test_grafana_can_be_switched_off(varied: Render, inventory: Inventory) -> No
     files = varied.files(host)
     assert not [f for f in files if "grafana" in f], sorted(files)
     assert "/etc/systemd/system/prometheus.service" in files
-    assert set(firewall_ports(varied, host)) == {22, 8003, 5984, 17986, 9090}
+    assert set(firewall_ports(varied, host)) == {22, 9101, 8003, 5984, 17986, 9090, 9093}
 
 
 def test_images_can_come_from_a_plain_http_registry(varied: Render, inventory: Inventory) -> None:
