@@ -448,18 +448,29 @@ def test_a_vault_file_that_is_not_encrypted_is_refused_unless_a_test_allows_it(
 
 
 def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inventory) -> None:
-    common = {"/etc/iot/firewall.nft", "/etc/systemd/system/iot-firewall.service"}
+    common = {
+        "/etc/iot/firewall.nft",
+        "/etc/systemd/system/iot-firewall.service",
+        "/etc/default/prometheus-node-exporter",
+    }
     docker = {"/etc/docker/daemon.json"}
+    watchdog = "/usr/local/lib/iot/iot-watchdog.py"
 
     def service(name: str) -> set[str]:
         secrets = ["iot_kafka_password", "iot_kafka_extra_config"] + (
             ["iot_couchdb_password"] if name == "sink" else []
         )
+        # The long-running ones get a watchdog (the producer runs once).
+        watched = (
+            {watchdog, *(f"/etc/systemd/system/iot-{name}-watchdog.{unit}" for unit in ("service", "timer"))}
+            if name != "producer"
+            else set()
+        )
         return {
             f"/etc/iot/{name}/{name}.env",
             f"/etc/systemd/system/iot-{name}.service",
             *(f"/etc/iot/{name}/secrets/{secret}" for secret in secrets),
-        }
+        } | watched
 
     expected = {
         inventory.host("producer"): common | docker | service("producer"),
@@ -497,6 +508,9 @@ def test_each_vm_gets_exactly_its_roles_files(rendered: Render, inventory: Inven
             "/etc/iot/grafana/dashboards/iot-pipeline.json",
             "/etc/systemd/system/prometheus.service",
             "/etc/systemd/system/grafana.service",
+            "/etc/iot/alertmanager/alertmanager.yml",
+            "/etc/iot/alertmanager/secrets/web.yml",
+            "/etc/systemd/system/alertmanager.service",
         },
     }
     assert {p.name for p in rendered.root.iterdir()} == set(expected)
@@ -1217,7 +1231,8 @@ def test_a_couchdb_cluster_keeps_three_copies_and_the_sink_knows_every_node(
         assert COOKIE not in unit and COOKIE not in ini
     config = yaml.safe_load(clustered.file("vm4", "/etc/iot/prometheus/prometheus.yml").read_text())
     [couchdb] = [job for job in config["scrape_configs"] if job["job_name"] == "couchdb"]
-    assert sorted(couchdb["static_configs"][0]["targets"]) == sorted(f"{a}:17986" for a in nodes)
+    targets = [target for group in couchdb["static_configs"] for target in group["targets"]]
+    assert sorted(targets) == sorted(f"{a}:17986" for a in nodes)
 
 
 def test_the_cluster_nodes_reach_each_other_and_no_one_else_reaches_erlang(
