@@ -127,3 +127,11 @@ def dockerfile_path(role: str) -> Path:
 @pytest.fixture(scope="session")
 def dockerfiles() -> dict[str, Dockerfile]:
     return {role: parse_dockerfile(dockerfile_path(role)) for role in ROLES}
+
+
+@pytest.fixture(scope="module")
+def ansible_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty HOME for ansible-playbook and ansible-lint (test_ansible, test_kafka_retention)."""
+    home = tmp_path_factory.mktemp("ansible-home")
+    (home / "tmp").mkdir()
+    return home

@@ -150,13 +150,6 @@ class Inventory:
 
 
 @pytest.fixture(scope="module")
-def ansible_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("ansible-home")
-    (home / "tmp").mkdir()
-    return home
-
-
-@pytest.fixture(scope="module")
 def inventory(ansible_home: Path) -> Inventory:
     result = run([tool("ansible-inventory"), "-i", str(INVENTORY), "--list"], ansible_home)
     assert result.returncode == 0, output(result)

@@ -75,13 +75,6 @@ def auto_retention(disk_bytes: int, broker_count: int) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def ansible_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("ansible-home")
-    (home / "tmp").mkdir()
-    return home
-
-
-@pytest.fixture(scope="module")
 def auto_render(ansible_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Render:
     """The example inventory with the role's defaults: retention `auto`, from kafka_render_disk_bytes."""
     out = tmp_path_factory.mktemp("retention-auto")
