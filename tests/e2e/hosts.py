@@ -109,10 +109,12 @@ def wait_booted(host: Host, timeout: float = 120) -> None:
     wait_for(f"{host.name} booted", booted, timeout)
 
 
-def restart_host(host: Host) -> None:
-    """The reboot of a VM: systemd shuts down (SIGRTMIN+3) and boots again; disks are kept."""
-    podman("restart", "--time", "60", host.container, timeout=180)
-    wait_booted(host)
+def restart_host(*hosts: Host) -> None:
+    """The reboot of VMs, all at once: systemd shuts down (SIGRTMIN+3) and boots again; disks
+    are kept."""
+    podman("restart", "--time", "60", *(host.container for host in hosts), timeout=180)
+    for host in hosts:
+        wait_booted(host)
 
 
 def authorize_key(host: Host, public_key: str) -> None:
