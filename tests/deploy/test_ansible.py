@@ -1178,9 +1178,10 @@ COUCHDB_NODES = {"vm4": "10.0.0.14", "vm5": "10.0.0.15", "vm6": "10.0.0.16"}
 COOKIE = "cookie0123456789abcdef"
 
 
-def cluster_inventory(path: Path, couchdb_hosts: list[str]) -> Path:
-    """The example inventory with its [couchdb] group made of COUCHDB_HOSTS (vm4 is the sink)."""
-    text = INVENTORY.read_text().replace("[couchdb:children]\nsink\n", "")
+def cluster_inventory(path: Path, couchdb_hosts: list[str], example: Path = INVENTORY) -> Path:
+    """The EXAMPLE inventory with its [couchdb] group made of COUCHDB_HOSTS (vm4 is the sink)."""
+    text = example.read_text().replace("[couchdb:children]\nsink\n", "")
+    assert "[couchdb" not in text, f"{example} has no [couchdb:children] sink to replace"
     lines = ["[couchdb]"] + [
         h if h == "vm4" else f"{h} ansible_host=203.0.113.{a.rsplit('.', 1)[1]} iot_address={a}"
         for h, a in COUCHDB_NODES.items()
@@ -1192,12 +1193,15 @@ def cluster_inventory(path: Path, couchdb_hosts: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def clustered(ansible_home: Path, tmp_path_factory: pytest.TempPathFactory, secret_values: Secrets) -> Render:
-    """The example inventory with three CouchDB VMs (vm4, the sink's, and vm5, vm6)."""
+    """The ZooKeeper cluster's example inventory (three brokers, vm5-vm7, and two inference
+    hosts) with three CouchDB VMs too (vm4, the sink's, and vm5, vm6): one render, which takes
+    minutes, for the tests of both clusters, and of the two on the same VMs."""
     out = tmp_path_factory.mktemp("clustered")
-    inventory = cluster_inventory(out / "inventory.ini", list(COUCHDB_NODES))
+    inventory = cluster_inventory(out / "inventory.ini", list(COUCHDB_NODES), CLUSTER_EXAMPLES["zookeeper"])
     extra = {
         **secret_values.extra_vars,
         "iot_controller_address": CONTROLLER,
+        "iot_kafka_mode": "zookeeper",
         "vault_couchdb_erlang_cookie": COOKIE,
     }
     result = render_site(ansible_home, out / "render", extra, inventory=inventory)
@@ -1283,8 +1287,10 @@ def brokers(
     secret_values: Secrets,
 ) -> tuple[str, Render]:
     """The README's example cluster inventories: three brokers (vm5, vm6, vm7) in either mode, and
-    two inference hosts (vm2, vm3)."""
+    two inference hosts (vm2, vm3); ZooKeeper's with the CouchDB cluster beside (`clustered`)."""
     mode = request.param
+    if mode == "zookeeper":
+        return mode, request.getfixturevalue("clustered")
     out = tmp_path_factory.mktemp(f"brokers-{mode}")
     extra = {**secret_values.extra_vars, "iot_controller_address": CONTROLLER, "iot_kafka_mode": mode}
     result = render_site(ansible_home, out, extra, inventory=CLUSTER_EXAMPLES[mode])
