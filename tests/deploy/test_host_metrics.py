@@ -22,6 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.ports import free_port
+from testbed.prometheus_api import PrometheusAPI
 from testbed.waiting import wait_for
 from tests.deploy.conftest import find_tool
 from tests.deploy.test_alert_rules import DASHBOARD, NODE_EXPORTER_SERIES, RULES
@@ -66,7 +67,7 @@ def start(name: str, args: list[str], workdir: Path) -> Server:
 
 @dataclass
 class Hosts:
-    prometheus: str
+    prometheus: PrometheusAPI
     exporter: str
     servers: dict[str, Server] = field(default_factory=dict)
 
@@ -74,26 +75,12 @@ class Hosts:
         for server in self.servers.values():
             server.alive()
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        response = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-        response.raise_for_status()
-        body = response.json()
-        assert body["status"] == "success", body
-        return list(body["data"]["result"])
-
-    def rules(self) -> list[dict[str, Any]]:
-        """The host rules as Prometheus evaluates them."""
-        response = requests.get(f"{self.prometheus}/api/v1/rules", timeout=10)
-        response.raise_for_status()
-        groups = response.json()["data"]["groups"]
-        return [rule for group in groups if group["name"] == HOST_GROUP for rule in group["rules"]]
-
 
 def scraped(hosts: Hosts) -> list[dict[str, Any]] | None:
     """`up` of the node job once Prometheus has scraped the exporter; None before (or while
     Prometheus does not answer yet)."""
     try:
-        return hosts.query('up{job="node"} == 1') or None
+        return hosts.prometheus.query('up{job="node"} == 1') or None
     except requests.RequestException:
         return None
 
@@ -115,7 +102,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
         ],
     }
     (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    hosts = Hosts(f"http://{prometheus_address}", f"http://{exporter_address}")
+    hosts = Hosts(PrometheusAPI(f"http://{prometheus_address}"), f"http://{exporter_address}")
     commands = {
         "node-exporter": [find_tool("prometheus-node-exporter"), f"--web.listen-address={exporter_address}"],
         "prometheus": [
@@ -178,7 +165,7 @@ def test_every_hosts_panel_shows_a_percent_per_host(hosts: Hosts) -> None:
             expr = target["expr"]
             assert "{{host}}" in target["legendFormat"], panel["title"]
             # rate() needs two scrapes: poll until there is a value.
-            series = wait_for(f"data for {expr}", partial(hosts.query, expr), 60, hosts.alive)
+            series = wait_for(f"data for {expr}", partial(hosts.prometheus.query, expr), 60, hosts.alive)
             for sample in series:
                 labels, value = sample["metric"], float(sample["value"][1])
                 assert labels.get("host") == HOST, f"{panel['title']}: {labels}"
@@ -191,8 +178,8 @@ def test_every_hosts_panel_shows_a_percent_per_host(hosts: Hosts) -> None:
 
 def test_the_disk_panel_shows_the_disks_and_not_the_memory_file_systems(hosts: Hosts) -> None:
     [disk] = [p for p in hosts_row() if p["title"].startswith("Disk")]
-    shown = {s["metric"]["mountpoint"] for s in hosts.query(disk["targets"][0]["expr"])}
-    exported = hosts.query('node_filesystem_size_bytes{job="node"}')
+    shown = {s["metric"]["mountpoint"] for s in hosts.prometheus.query(disk["targets"][0]["expr"])}
+    exported = hosts.prometheus.query('node_filesystem_size_bytes{job="node"}')
     in_memory = {s["metric"]["mountpoint"] for s in exported if s["metric"]["fstype"] in ("tmpfs", "ramfs")}
     assert shown, "no file system on this machine's disks is shown"
     assert not shown & in_memory
@@ -204,23 +191,25 @@ def test_the_host_rules_evaluate_on_series_labelled_with_their_host(hosts: Hosts
 
     def evaluated() -> bool:
         """Every rule evaluated at least once, without an error, on the real series."""
-        rules = hosts.rules()
+        rules = hosts.prometheus.rules(HOST_GROUP)
         return bool(rules) and all(
             r["health"] == "ok" and not r["lastEvaluation"].startswith("0001") for r in rules
         )
 
     wait_for("every host rule evaluated", evaluated, 60, hosts.alive)
-    assert sorted(r["name"] for r in hosts.rules()) == sorted(names)
+    assert sorted(r["name"] for r in hosts.prometheus.rules(HOST_GROUP)) == sorted(names)
     for rule in host_rules():
         # Each series the rule reads is there, labelled with the host, so its alerts are too.
         for selector in set(SELECTOR.findall(rule["expr"])):
-            series = hosts.query(selector)
+            series = hosts.prometheus.query(selector)
             assert series, f"{rule['alert']}: nothing matches {selector}"
             assert {s["metric"].get("host") for s in series} == {HOST}, f"{rule['alert']}: {selector}"
         # What the whole expression finds (nothing on a healthy machine) is labelled too.
-        for sample in hosts.query(rule["expr"]):
+        for sample in hosts.prometheus.query(rule["expr"]):
             assert sample["metric"].get("host") == HOST, rule["alert"]
-    assert hosts.query(host_rules()[0]["expr"]) == [], "IoTHostDown's expression finds the host down"
+    assert hosts.prometheus.query(host_rules()[0]["expr"]) == [], (
+        "IoTHostDown's expression finds the host down"
+    )
 
 
 # Last in this module: it stops the node exporter.
@@ -228,7 +217,7 @@ def test_a_stopped_node_exporter_makes_iothostdown_pending_for_its_host(hosts: H
     hosts.servers["node-exporter"].stop()
 
     def pending() -> list[dict[str, Any]]:
-        [rule] = [r for r in hosts.rules() if r["name"] == "IoTHostDown"]
+        [rule] = [r for r in hosts.prometheus.rules(HOST_GROUP) if r["name"] == "IoTHostDown"]
         return [a for a in rule["alerts"] if a["state"] == "pending"]
 
     [alert] = wait_for("IoTHostDown pending", pending, 60, hosts.alive)

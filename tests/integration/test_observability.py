@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from testbed.harness import Pipeline, Service, Stack
 from testbed.paths import REPO
 from testbed.ports import free_port
+from testbed.prometheus_api import PrometheusAPI
 from testbed.waiting import wait_for
 from tests.integration.test_dead_letters import BAD_IMAGES
 
@@ -127,32 +127,10 @@ def start_prometheus(
 @dataclass
 class Observed:
     pipeline: Pipeline
-    prometheus: str
+    prometheus: PrometheusAPI
     ports: dict[str, int]
     services: dict[str, Service]
     health: dict[str, tuple[bool, bool]]  # role -> (/healthz answered 200, /readyz answered 200)
-
-    def query(self, expr: str) -> list[dict[str, object]]:
-        response = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-        response.raise_for_status()
-        body = response.json()
-        assert body["status"] == "success", body
-        return list(body["data"]["result"])
-
-    def rules(self) -> list[dict[str, Any]]:
-        response = requests.get(f"{self.prometheus}/api/v1/rules", timeout=10)
-        response.raise_for_status()
-        return [rule for group in response.json()["data"]["groups"] for rule in group["rules"]]
-
-    def firing(self, alert: str, *labels: str) -> set[tuple[str, ...]]:
-        """The given labels of each firing instance of `alert`."""
-        return {
-            tuple(a["labels"].get(name, "") for name in labels)
-            for rule in self.rules()
-            if rule["name"] == alert
-            for a in rule["alerts"]
-            if a["state"] == "firing"
-        }
 
     def scrape(self, role: str) -> dict[str, float]:
         """Each sample of a service's /metrics, summed over label sets, by sample name."""
@@ -183,7 +161,7 @@ def observed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         )
         # Probed while every service surely runs (the producer sends for 16 s).
         health = {role: _health(ports[role], pipeline) for role in ROLES}
-        observed = Observed(pipeline, url, ports, services, health)
+        observed = Observed(pipeline, PrometheusAPI(url), ports, services, health)
         pipeline.wait_for_complete(IMAGES // 3, timeout=120)
         yield observed
     finally:
@@ -198,7 +176,9 @@ def test_every_dashboard_query_returns_data(observed: Observed) -> None:
     missing = []
     for title, expr in queries:
         try:
-            wait_for(f"data for {expr}", lambda e=expr: observed.query(e), 60, observed.pipeline.alive)
+            wait_for(
+                f"data for {expr}", lambda e=expr: observed.prometheus.query(e), 60, observed.pipeline.alive
+            )
         except AssertionError:
             missing.append(f"{title}: {expr}")
     assert not missing, "dashboard queries without data:\n" + "\n".join(missing)
@@ -226,7 +206,7 @@ def test_accuracy_from_the_counters_is_the_accuracy_in_couchdb(observed: Observe
     # The dashboard's confusion matrix: its rows add up to each class's images in CouchDB.
     [matrix] = [expr for title, expr in dashboard_queries() if title.startswith("Confusion matrix")]
     rows: Counter[str] = Counter()
-    for sample in observed.query(matrix):
+    for sample in observed.prometheus.query(matrix):
         rows[sample["metric"]["truth"]] += int(float(sample["value"][1]))  # type: ignore[index]
     assert +rows == Counter(str(d["GroundTruth"]) for d in docs)
 
@@ -247,7 +227,7 @@ def test_the_alert_rules_evaluate_on_the_real_series_and_a_dead_letter_fires(obs
     # Every rule evaluated without an error ("ok", not "err": a query that fails on real series).
     wait_for(
         "every alert rule evaluated",
-        lambda: all(rule["health"] == "ok" for rule in observed.rules()),
+        lambda: all(rule["health"] == "ok" for rule in observed.prometheus.rules()),
         60,
         observed.pipeline.alive,
     )
@@ -256,11 +236,11 @@ def test_the_alert_rules_evaluate_on_the_real_series_and_a_dead_letter_fires(obs
         for group in yaml.safe_load(ALERT_RULES.read_text())["groups"]
         for rule in group["rules"]
     ]
-    assert sorted(rule["name"] for rule in observed.rules()) == sorted(in_file)
+    assert sorted(rule["name"] for rule in observed.prometheus.rules()) == sorted(in_file)
     # Inference, the sink, CouchDB and the broker are up, the broker's partitions all in sync.
     for alert in ("IoTTargetDown", "IoTCouchDBDown", "IoTKafkaBrokerDown", "IoTKafkaOfflinePartitions"):
-        assert observed.firing(alert, "job") == set(), alert
-    assert observed.query('up{job="kafka"}')[0]["value"][1] == "1"
+        assert observed.prometheus.firing(alert, "job") == set(), alert
+    assert observed.prometheus.query('up{job="kafka"}')[0]["value"][1] == "1"
     # A bad image now, dead-lettered by both services that read the topic (last in this module, as
     # it changes the counts above). Those sent at the start may have been counted before the
     # first scrape, where `increase` cannot see them; those seen fire too, for their own reasons.
@@ -269,7 +249,9 @@ def test_the_alert_rules_evaluate_on_the_real_series_and_a_dead_letter_fires(obs
     firing = wait_for(
         "IoTDeadLetters firing for inference and sink",
         lambda: (
-            found if expected <= (found := observed.firing("IoTDeadLetters", "service", "reason")) else None
+            found
+            if expected <= (found := observed.prometheus.firing("IoTDeadLetters", "service", "reason"))
+            else None
         ),
         60,
         observed.pipeline.alive,
@@ -278,7 +260,7 @@ def test_the_alert_rules_evaluate_on_the_real_series_and_a_dead_letter_fires(obs
 
 
 def _value(observed: Observed, expr: str) -> float:
-    [sample] = observed.query(expr)
+    [sample] = observed.prometheus.query(expr)
     return float(sample["value"][1])  # type: ignore[index]
 
 
