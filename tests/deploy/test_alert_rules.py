@@ -78,6 +78,7 @@ ALERTS = (
     "IoTDeliveryFailures",
     "IoTSinkWriteRetries",
     "IoTConsumerPaused",
+    "IoTServiceStalled",
     "IoTEndToEndLatencyHigh",
     "IoTAccuracyDropped",
     "IoTHostDown",
