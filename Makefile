@@ -85,8 +85,8 @@ test: install lint ## Lint, start the real services, run the whole suite, stop t
 	$(STACK) start
 	$(PY) -m pytest tests --require-shared-data --durations=20; status=$$?; $(STACK) stop; exit $$status
 
-# E2E_ARGS: more pytest arguments, e.g. -m "not kraft" (.ci/run) or -k compose.
-test-deploy: install deploy-tools ## Run the deployments for real: site.yml on seven systemd hosts, `make up` (root, ~50 min)
+# E2E_ARGS: more pytest arguments, e.g. -m "not scaled_out" (.ci/run) or -k compose.
+test-deploy: install deploy-tools ## Run the deployments for real: site.yml on four, then seven systemd hosts, `make up` (root, ~90 min)
 	$(PY) -m pytest tests/e2e --durations=0 $(E2E_ARGS)
 
 ci-fresh: ## CI as on a new machine: .ci/run in a fresh clone with an empty HOME and caches (root, ~1 h)

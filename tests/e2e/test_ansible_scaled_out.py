@@ -11,8 +11,11 @@ trusting the broker, finds nothing lost either time.
 
 Then KRaft (Kafka 4.4.0, each broker also a controller) on the same hosts, their Kafka data
 emptied as a switch between modes needs: it converges, a wiped broker is formatted with the
-cluster's id and catches up, and its leader is killed while images flow. Tests marked `kraft`:
-CI deselects them for time (.ci/run); `make test-deploy` runs them.
+cluster's id and catches up, and its leader is killed while images flow.
+
+About 45 minutes on the 2-core machine, beside about 40 for the rest of tests/e2e and 30 for
+`make test`: more than CI's 90. So the whole file is marked `scaled_out`, which .ci/run deselects;
+`make test-deploy` runs it.
 
 Both clusters share the three hosts and one converge per step, so the hosts boot once. That a
 second run changes nothing is checked on the four-VM deployment (test_ansible_converge.py). vm2
@@ -39,6 +42,8 @@ from testbed.waiting import wait_for
 from tests.e2e.ansible import PlaybookRun, run_playbook, write_inventory
 from tests.e2e.conftest import KAFKA_ADMIN_CONFIG, Deployment
 from tests.e2e.hosts import Host, restart_host
+
+pytestmark = pytest.mark.scaled_out
 
 BROKERS = NODES = ("vm5", "vm6", "vm7")  # Kafka's brokers and CouchDB's nodes
 INFERENCE = ("vm2", "vm3")
@@ -377,7 +382,7 @@ def test_the_zookeeper_leader_killed_while_images_flow_loses_nothing(zookeeper: 
     assert report["lost"]["count"] == 0 and report["produced"] == report["complete"] == IMAGES, report
 
 
-# --- KRaft: `make test-deploy` runs it; CI deselects it (-m "not kraft") for time ------------
+# --- KRaft ---------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +396,6 @@ def kraft(zookeeper: Layout) -> Layout:
     return cluster
 
 
-@pytest.mark.kraft
 def test_the_playbook_forms_a_kraft_cluster(kraft: Layout) -> None:
     [run] = kraft.runs
     assert run.returncode == 0, run.output[-6000:]
@@ -402,7 +406,6 @@ def test_the_playbook_forms_a_kraft_cluster(kraft: Layout) -> None:
     assert "Apache Kafka 4.4.0" in kraft.host("vm6").sh("systemctl cat kafka")
 
 
-@pytest.mark.kraft
 def test_a_wiped_kraft_broker_is_formatted_with_the_clusters_id_and_catches_up(kraft: Layout) -> None:
     vm7 = kraft.host("vm7")
     cluster_id = kraft.host("vm5").sh("grep ^cluster.id= /var/lib/kafka/data/meta.properties")
@@ -415,7 +418,6 @@ def test_a_wiped_kraft_broker_is_formatted_with_the_clusters_id_and_catches_up(k
     assert isrs and all(len(isr.split(",")) == 3 for isr in isrs), isrs
 
 
-@pytest.mark.kraft
 def test_the_kraft_leader_killed_while_images_flow_loses_nothing(kraft: Layout) -> None:
     victim, stall, report = kill_the_leader_while_images_flow(kraft)
     print(f"KRaft: killed {victim}; every iot-topic partition took records again after {stall:.1f}s")
