@@ -171,6 +171,17 @@ class Layout:
         except Exception:  # a broker still settling: not in sync yet
             return False
 
+    def cluster_id(self, broker: str) -> str:
+        """The KRaft cluster id BROKER's data folder was formatted with."""
+        return self.host(broker).sh("grep ^cluster.id= /var/lib/kafka/data/meta.properties")
+
+    def wait_caught_up(self, broker: str) -> None:
+        """Until BROKER, restarted with its data gone, is back in sync, as it sees iot-topic too:
+        three replicas in every partition's ISR."""
+        wait_for(f"{broker} back in sync", lambda: self.in_sync(broker), 300)
+        isrs = re.findall(r"Isr: ([\d,]+)", self.describe("--topic", "iot-topic", on=broker))
+        assert isrs and all(len(isr.split(",")) == 3 for isr in isrs), isrs
+
     def start_producer_run(self) -> str:
         """Start the producer again (its unit is a one-shot run) and return the new run's id."""
         # A run still sending (a converge that changed its password restarts it) would be stopped
@@ -357,9 +368,7 @@ def test_a_wiped_broker_is_rebuilt_and_a_changed_setting_rolls_through_the_other
     assert "temporarily locked" not in sink_log, sink_log[-3000:]
     stop = run.output.split("TASK [Stop the sinks whose CouchDB password just changed")[1]
     assert "changed:" in stop.split("TASK [")[0], stop[:2000]
-    wait_for("vm7 back in sync", lambda: zookeeper.in_sync("vm7"), 300)
-    isrs = re.findall(r"Isr: ([\d,]+)", zookeeper.describe("--topic", "iot-topic", on="vm7"))
-    assert isrs and all(len(isr.split(",")) == 3 for isr in isrs), isrs
+    zookeeper.wait_caught_up("vm7")
     # The rolling-restart play, one batch per broker: each restarted, then waited for until no
     # partition was under-replicated, before the next batch began.
     batches = run.output.split("PLAY [Restart the brokers whose files changed")[1:]
@@ -399,7 +408,7 @@ def kraft(zookeeper: Layout) -> Layout:
 def test_the_playbook_forms_a_kraft_cluster(kraft: Layout) -> None:
     [run] = kraft.runs
     assert run.returncode == 0, run.output[-6000:]
-    cluster_ids = {kraft.host(b).sh("grep ^cluster.id= /var/lib/kafka/data/meta.properties") for b in BROKERS}
+    cluster_ids = {kraft.cluster_id(b) for b in BROKERS}
     assert len(cluster_ids) == 1, cluster_ids
     described = kraft.describe("--topic", "iot-topic")
     assert "ReplicationFactor: 3" in described and "min.insync.replicas=2" in described, described
@@ -408,14 +417,12 @@ def test_the_playbook_forms_a_kraft_cluster(kraft: Layout) -> None:
 
 def test_a_wiped_kraft_broker_is_formatted_with_the_clusters_id_and_catches_up(kraft: Layout) -> None:
     vm7 = kraft.host("vm7")
-    cluster_id = kraft.host("vm5").sh("grep ^cluster.id= /var/lib/kafka/data/meta.properties")
+    cluster_id = kraft.cluster_id("vm5")
     vm7.sh("systemctl stop kafka && rm -rf /var/lib/kafka/data")
     run = kraft.converge()  # formats the new disk with the cluster's id, read from vm5, and starts it
     assert run.returncode == 0, run.output[-6000:]
-    assert vm7.sh("grep ^cluster.id= /var/lib/kafka/data/meta.properties") == cluster_id
-    wait_for("vm7 back in sync", lambda: kraft.in_sync("vm7"), 300)
-    isrs = re.findall(r"Isr: ([\d,]+)", kraft.describe("--topic", "iot-topic", on="vm7"))
-    assert isrs and all(len(isr.split(",")) == 3 for isr in isrs), isrs
+    assert kraft.cluster_id("vm7") == cluster_id
+    kraft.wait_caught_up("vm7")
 
 
 def test_the_kraft_leader_killed_while_images_flow_loses_nothing(kraft: Layout) -> None:
